@@ -1,0 +1,179 @@
+"""The `cai` command line: thin wrappers that parse options, load config and call the library.
+
+    cai generate --limit 16            # SL-CAI critique -> revision data on the embedded default model
+    cai export outputs/<run>           # (re)write a run's datasets
+    cai constitution validate FILE     # check a constitution
+    cai model prepare                  # convert the embedded default model once
+
+Heavy libraries (torch, vllm) are imported only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _engine_options(parser: argparse.ArgumentParser, prefix: str = "engine") -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--model", dest=f"{prefix}.model", help="hub id, checkpoint folder or .gguf (default: embedded SmolLM2-135M-Instruct)")
+    group.add_argument("--dtype", dest=f"{prefix}.dtype", help="float32 (CPU default), bfloat16, auto, ...")
+    group.add_argument("--max-model-len", dest=f"{prefix}.max_model_len", type=int)
+    group.add_argument("--tensor-parallel-size", dest=f"{prefix}.tensor_parallel_size", type=int)
+    group.add_argument("--gpu-memory-utilization", dest=f"{prefix}.gpu_memory_utilization", type=float)
+    group.add_argument("--enforce-eager", dest=f"{prefix}.enforce_eager", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--trust-remote-code", dest=f"{prefix}.trust_remote_code", action="store_true", default=None,
+                       help="run code shipped with a hub model (off by default)")
+    group.add_argument("--engine-arg", dest=f"{prefix}.extra", action="append", metavar="KEY=VALUE",
+                       help="any other vLLM engine argument (value parsed as YAML), repeatable")
+
+
+def _generate_parser(sub: Any) -> None:
+    p = sub.add_parser("generate", help="critique -> revision chains into an SFT dataset (SL-CAI)")
+    p.add_argument("--config", help="YAML file of settings; options given here override it")
+    p.add_argument("--constitution", help="bundled name (harmless, helpful-honest) or YAML path")
+    p.add_argument("--prompts", help="bundled set (red-team, benign), a .jsonl/.json/.csv/.parquet file, a datasets folder or hub id")
+    p.add_argument("--prompt-column", dest="prompt_column")
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--rounds", type=int, help="critique -> revision rounds (default 1)")
+    p.add_argument("--few-shot", dest="few_shot", type=int, help="how many few-shot examples to prepend (default all)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", dest="top_p", type=float)
+    p.add_argument("--max-new-tokens", dest="max_new_tokens_all", type=int, help="for every stage")
+    for stage in ("initial", "critique", "revision"):
+        p.add_argument(f"--max-new-tokens-{stage}", dest=f"max_new_tokens.{stage}", type=int)
+    p.add_argument("--early-stop", dest="early_stop", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--max-failure-rate", dest="max_failure_rate", type=float)
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--output-dir", dest="output_dir")
+    p.add_argument("--run-name", dest="run_name")
+    p.add_argument("--templates", help="folder of stage templates replacing prompts/templates")
+    p.add_argument("--no-progress", action="store_true")
+    _engine_options(p)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    skip = {"command", "config", "no_progress", "func", "max_new_tokens_all", "action"}
+    out = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if getattr(args, "max_new_tokens_all", None) is not None:
+        for stage in ("initial", "critique", "revision"):
+            out.setdefault(f"max_new_tokens.{stage}", args.max_new_tokens_all)
+    for key in [k for k in out if k.endswith(".extra")]:
+        extra = {}
+        for item in out[key]:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"cai: --engine-arg expects KEY=VALUE, got {item!r}")
+            extra[name.strip()] = yaml.safe_load(value)
+        out[key] = extra
+    return out
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from cai.config import GenerateConfig, load_config
+    from cai.generate import generate
+
+    config = load_config(GenerateConfig, args.config, _overrides(args))
+    summary = asyncio.run(generate(config, progress=not args.no_progress))
+    print(summary.text())
+    print(f"datasets: {summary.run_dir / 'export'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cai.export import export_generate_run
+
+    counts = export_generate_run(args.run)
+    print(json.dumps({"export": str(Path(args.run) / "export"), "rows": counts}))
+    return 0
+
+
+def cmd_constitution(args: argparse.Namespace) -> int:
+    from cai.constitution import import_constitution, load_constitution
+
+    if args.action == "validate":
+        for path in args.files:
+            c = load_constitution(path)
+            print(f"{path}: ok ({c.name} v{c.version}: {len(c.principles)} principles, "
+                  f"{len(c.preference_principles)} preference principles, {len(c.few_shot)} few-shot examples)")
+    elif args.action == "show":
+        print(load_constitution(args.name).to_yaml(), end="")
+    elif args.action == "import":
+        text = import_constitution(args.file, name=args.name).to_yaml()
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from cai.models import resolve_model
+
+    print(resolve_model(args.model))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI data and models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _generate_parser(sub)
+
+    p = sub.add_parser("export", help="write a run's datasets, JSONL files and dataset card")
+    p.add_argument("run", help="run folder, e.g. outputs/<run>")
+
+    p = sub.add_parser("constitution", help="validate, show or import constitutions")
+    csub = p.add_subparsers(dest="action", required=True)
+    v = csub.add_parser("validate", help="check one or more constitution files")
+    v.add_argument("files", nargs="+")
+    s = csub.add_parser("show", help="print a constitution (bundled name or file)")
+    s.add_argument("name")
+    i = csub.add_parser("import", help="convert Anthropic's or llm-swarm's JSON into a cai constitution")
+    i.add_argument("file")
+    i.add_argument("--name")
+    i.add_argument("--out")
+
+    p = sub.add_parser("model", help="prepare the embedded default model or resolve a model string")
+    msub = p.add_subparsers(dest="action", required=True)
+    for action in ("prepare", "path"):
+        m = msub.add_parser(action)
+        m.add_argument("model", nargs="?", default=None)
+    return parser
+
+
+COMMANDS = {"generate": cmd_generate, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cai.config import ConfigError
+    from cai.constitution import ConstitutionError
+    from cai.inputs import InputError
+    from cai.models import ModelNotFoundError
+    from cai.store import RunConflictError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, ConstitutionError, InputError, ModelNotFoundError, RunConflictError, ValueError,
+            FileNotFoundError) as e:
+        print(f"cai: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from cai.generate import RunFailed
+
+        if isinstance(e, RunFailed):
+            print(f"cai: run failed: {e}", file=sys.stderr)
+            return 1
+        raise
+    except OSError as e:
+        print(f"cai: error: {e}", file=sys.stderr)
+        return 1

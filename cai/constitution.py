@@ -1,0 +1,218 @@
+"""Constitutions: the YAML file of principles a user writes, its schema, loading, validation and import.
+
+    cai constitution validate constitutions/harmless.yaml
+    cai constitution show harmless
+    cai constitution import CritiqueRevisionInstructions.json --out mine.yaml
+
+A constitution holds critique/revision principles (the SL-CAI stage), preference principles (questions an AI
+judge answers when comparing two responses, the RL-CAI stage) and optional few-shot example conversations.
+Loading is all-or-nothing: a bad file raises `ConstitutionError` naming the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cai.resources import resolve_bundled
+
+
+class ConstitutionError(ValueError):
+    """A constitution file that cannot be used, with a message naming the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    """Who speaks."""
+    content: str
+    """What is said."""
+
+
+class Principle(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Stable identifier, recorded with every critique that used it."""
+    critique_request: str = Field(min_length=1)
+    """Asks the model to point out what is wrong with its last response."""
+    revision_request: str = Field(min_length=1)
+    """Asks the model to rewrite its response to fix what the critique found."""
+    tags: list[str] = Field(default_factory=list)
+    """Harm categories or themes, for filtering and reports."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative chance of being sampled for a round."""
+
+
+class PreferencePrinciple(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Stable identifier, recorded with every judgement that used it."""
+    question: str = Field(min_length=1)
+    """The question a judge answers when it compares two responses, e.g. which one is less harmful."""
+    tags: list[str] = Field(default_factory=list)
+    """Themes, for filtering and reports."""
+
+
+class FewShotExample(_Strict):
+    """One demonstration of a critique and a revision, either structured or as raw chat messages."""
+
+    prompt: str | None = None
+    """The user's request."""
+    response: str | None = None
+    """A first response with something to fix."""
+    critique_request: str | None = None
+    critique: str | None = None
+    """The demonstrated critique."""
+    revision_request: str | None = None
+    revision: str | None = None
+    """The demonstrated revision."""
+    messages: list[Message] | None = None
+    """Alternative to the structured fields: the whole conversation, verbatim."""
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FewShotExample:
+        structured = [self.prompt, self.response, self.critique_request, self.critique, self.revision_request, self.revision]
+        if self.messages is not None:
+            if any(v is not None for v in structured):
+                raise ValueError("give either `messages` or the structured fields, not both")
+            if not self.messages:
+                raise ValueError("`messages` is empty")
+        elif any(v is None or not v.strip() for v in structured):
+            raise ValueError(
+                "a structured example needs prompt, response, critique_request, critique, revision_request and revision"
+            )
+        return self
+
+
+class Constitution(_Strict):
+    name: str = Field(min_length=1)
+    """Short name, used in run names and dataset cards."""
+    version: str = "1"
+    """Version of this constitution, recorded in every run."""
+    description: str = ""
+    """What the constitution is for."""
+    license: str = "apache-2.0"
+    """License of the text, written into dataset cards."""
+    principles: list[Principle] = Field(min_length=1)
+    """Critique/revision principles for the supervised stage."""
+    preference_principles: list[PreferencePrinciple] = Field(default_factory=list)
+    """Questions for the AI judge; needed by `cai judge`."""
+    few_shot: list[FewShotExample] = Field(default_factory=list)
+    """Demonstrations prepended to every chain."""
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("principles", "preference_principles")
+    @classmethod
+    def _unique_ids(cls, items: list) -> list:
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r}")
+            seen.add(item.id)
+        return items
+
+    def principle(self, principle_id: str) -> Principle:
+        for p in self.principles:
+            if p.id == principle_id:
+                return p
+        raise KeyError(principle_id)
+
+    def sample_principle(self, rng: random.Random) -> Principle:
+        """One principle, drawn with the principles' weights."""
+        return rng.choices(self.principles, weights=[p.weight for p in self.principles], k=1)[0]
+
+    def sample_preference_principles(self, rng: random.Random, k: int) -> list[PreferencePrinciple]:
+        """k distinct preference principles (all of them if k is larger)."""
+        if not self.preference_principles:
+            raise ConstitutionError(f"constitution {self.name!r} has no preference_principles; the judge needs some")
+        return rng.sample(self.preference_principles, k=min(k, len(self.preference_principles)))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(exclude_defaults=True, exclude_none=True), sort_keys=False, allow_unicode=True, width=110)
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical content, recorded in run manifests."""
+        canonical = json.dumps(self.model_dump(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        where = ".".join(str(part) for part in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_constitution(data: object, source: str = "<data>") -> Constitution:
+    if not isinstance(data, dict):
+        raise ConstitutionError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as e:
+        raise ConstitutionError(f"{source}: invalid constitution\n{_describe(e)}") from None
+
+
+def load_constitution(name_or_path: str | Path) -> Constitution:
+    """A bundled constitution by name (`harmless`) or a YAML/JSON file by path."""
+    try:
+        path = resolve_bundled(name_or_path, "constitutions", (".yaml", ".yml", ".json"))
+    except FileNotFoundError as e:
+        raise ConstitutionError(str(e)) from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConstitutionError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise ConstitutionError(f"{path}: not valid YAML: {e}") from None
+    return parse_constitution(data, str(path))
+
+
+def import_constitution(path: str | Path, name: str | None = None) -> Constitution:
+    """Read a constitution in a format found in the wild.
+
+    - Anthropic's `CritiqueRevisionInstructions.json`: `{"harmful0": {"prompt": [critique], "edit_request": revision}}`
+    - llm-swarm: `{"constitutions": [{"critic": ..., "revision": ...}], "system_chat": [[messages...]]}`
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConstitutionError(f"{path}: not valid JSON: {e}") from None
+    name = name or path.stem
+    if isinstance(data, dict) and "constitutions" in data:
+        principles = [
+            {"id": f"principle{i}", "critique_request": c.get("critic", ""), "revision_request": c.get("revision", "")}
+            for i, c in enumerate(data["constitutions"])
+        ]
+        few_shot = [{"messages": conv} for conv in data.get("system_chat", [])]
+        doc = {"name": name, "description": f"imported from {path.name} (llm-swarm format)",
+               "principles": principles, "few_shot": few_shot}
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) and "edit_request" in v for v in data.values()):
+        principles = []
+        for key, entry in data.items():
+            prompt = entry.get("prompt")
+            critique = prompt[0] if isinstance(prompt, list) and prompt else prompt
+            principles.append({"id": key, "critique_request": critique or "", "revision_request": entry["edit_request"]})
+        doc = {"name": name, "description": f"imported from {path.name} (Anthropic CritiqueRevisionInstructions format)",
+               "principles": principles}
+    else:
+        raise ConstitutionError(
+            f"{path}: unknown format; expected Anthropic's CritiqueRevisionInstructions.json "
+            "(keys with `prompt` and `edit_request`) or llm-swarm's {'constitutions': [...], 'system_chat': [...]}"
+        )
+    return parse_constitution(doc, str(path))

@@ -1,0 +1,85 @@
+"""The engine interface every backend implements: one async `generate(messages, sampling) -> Completion`.
+
+Callers submit one coroutine per request and let the engine batch them (vLLM's continuous batching or a
+server's); nothing here waits for a stage to finish before the next request goes in.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample one completion."""
+
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    logprobs: int | None = None
+    """Return this many top alternatives (with log-probabilities) at every generated position."""
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    token_id: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+    top_logprobs: list[list[TokenLogprob]] | None = None
+    """Per generated position, the top alternatives, most likely first (when `Sampling.logprobs` was set)."""
+    cached_tokens: int | None = None
+    """Prompt tokens served from the engine's prefix cache, when the engine reports it."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineError(RuntimeError):
+    """Base class of engine failures."""
+
+
+class RequestError(EngineError):
+    """This request failed (prompt too long, rejected input); other requests and the engine are fine."""
+
+
+class PromptTooLongError(RequestError):
+    """The prompt does not fit the model's context window."""
+
+
+class EngineDeadError(EngineError):
+    """The engine stopped; no further request can succeed."""
+
+
+class Engine(ABC):
+    """A text generator behind one async method."""
+
+    model_id: str
+    """The model as recorded in manifests and dataset cards."""
+
+    @abstractmethod
+    async def generate(self, messages: Messages, sampling: Sampling, *, continue_final: bool = False) -> Completion:
+        """Complete a chat. With `continue_final`, the last (assistant) message is continued rather than answered."""
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth recording in a run manifest (never secrets)."""
+        return {"model": self.model_id}
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

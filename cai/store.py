@@ -1,0 +1,140 @@
+"""Run folders: a manifest plus append-only JSONL records, flushed as they complete, resumable after any crash.
+
+    outputs/<run>/manifest.json     config, constitution text and hash, model, versions, seed
+    outputs/<run>/records.jsonl     one completed record a line (status "ok" or "error")
+    outputs/<run>/export/           datasets written from the records (see cai.export)
+
+A record is written and flushed the moment its sample completes, so a SIGKILL loses at most the samples in flight.
+On reopening, a torn last line (a crash mid-write) is cut off and the run continues after the last whole record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RunConflictError(RuntimeError):
+    """The run folder holds a run made with other settings."""
+
+
+def check_run_name(name: str) -> str:
+    if not _RUN_NAME.match(name) or ".." in name:
+        raise ValueError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no paths)")
+    return name
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Whole records of a JSONL file; a torn last line is skipped."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            if line.strip():
+                yield json.loads(line)
+
+
+class RunStore:
+    """One run folder: manifest, append-only records, resume."""
+
+    def __init__(self, output_dir: str | Path, name: str, records_file: str = "records.jsonl",
+                 fsync_every: int = 8, fsync_seconds: float = 2.0):
+        self.root = Path(output_dir).resolve()
+        self.path = (self.root / check_run_name(name)).resolve()
+        if self.path.parent != self.root:
+            raise ValueError(f"run folder {self.path} would leave {self.root}")
+        self.records_path = self.path / records_file
+        self.manifest_path = self.path / "manifest.json"
+        self._file = None
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self.fsync_every = fsync_every
+        self.fsync_seconds = fsync_seconds
+
+    def open(self, manifest: dict[str, Any], compat: dict[str, Any]) -> list[dict]:
+        """Create the run or resume it; returns the records already on disk.
+
+        `compat` holds the settings that shape the outputs; resuming with different ones is refused.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.manifest_path.exists():
+            old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            if old.get("compat") != compat:
+                changed = sorted(k for k in set(old.get("compat", {})) | set(compat)
+                                 if old.get("compat", {}).get(k) != compat.get(k))
+                raise RunConflictError(
+                    f"{self.path} holds a run made with other settings (differs in: {', '.join(changed)}). "
+                    "Use another --run-name, or delete the folder to start over."
+                )
+            manifest = {**manifest, "created": old.get("created"), "resumed": old.get("resumed", 0) + 1}
+        else:
+            manifest = {**manifest, "created": dt.datetime.now(dt.UTC).isoformat(), "resumed": 0}
+        write_json_atomic(self.manifest_path, {**manifest, "compat": compat})
+        self._repair_tail()
+        records = list(read_jsonl(self.records_path))
+        self._file = open(self.records_path, "a", encoding="utf-8")
+        return records
+
+    def _repair_tail(self) -> None:
+        if not self.records_path.exists():
+            return
+        with open(self.records_path, "rb+") as f:
+            data = f.read()
+            keep = data.rfind(b"\n") + 1
+            if keep != len(data):
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one completed record; it is in the OS's hands on return (survives a process kill)."""
+        assert self._file is not None, "open() the store first"
+        self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._file.flush()
+        self._unsynced += 1
+        if self._unsynced >= self.fsync_every or time.monotonic() - self._last_sync > self.fsync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._file is not None and self._unsynced:
+            os.fsync(self._file.fileno())
+            self._unsynced = 0
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+    def update_manifest(self, **fields: Any) -> None:
+        data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        data.update(fields)
+        write_json_atomic(self.manifest_path, data)
+
+
+def latest_by_id(records: list[dict]) -> dict[str, dict]:
+    """The last record of each id (a retried sample's newer record wins)."""
+    latest: dict[str, dict] = {}
+    for record in records:
+        latest[record["id"]] = record
+    return latest

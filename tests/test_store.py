@@ -1,0 +1,77 @@
+"""Run folders: append-only records, torn-line repair, resume and conflicts (pure logic)."""
+
+import json
+
+import pytest
+
+from cai.config import ConfigError, GenerateConfig, compat_settings, load_config
+from cai.store import RunConflictError, RunStore, check_run_name, latest_by_id, read_jsonl
+
+
+def test_records_survive_reopen_and_torn_tail_is_cut(tmp_path):
+    store = RunStore(tmp_path, "run1")
+    assert store.open({"kind": "t"}, {"a": 1}) == []
+    store.append({"id": "x", "status": "ok"})
+    store.append({"id": "y", "status": "ok"})
+    store.close()
+    with open(store.records_path, "a") as f:
+        f.write('{"id": "z", "sta')  # a crash in the middle of a write
+    again = RunStore(tmp_path, "run1")
+    assert [r["id"] for r in again.open({"kind": "t"}, {"a": 1})] == ["x", "y"]
+    again.append({"id": "z", "status": "ok"})
+    again.close()
+    lines = store.records_path.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["x", "y", "z"]
+    manifest = json.loads(store.manifest_path.read_text())
+    assert manifest["resumed"] == 1 and manifest["compat"] == {"a": 1}
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    RunStore(tmp_path, "r").open({}, {"rounds": 1, "seed": 0})
+    with pytest.raises(RunConflictError, match="differs in: rounds"):
+        RunStore(tmp_path, "r").open({}, {"rounds": 2, "seed": 0})
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".hidden", "", "x" * 200, "a b"])
+def test_run_names_cannot_leave_the_output_folder(tmp_path, name):
+    with pytest.raises(ValueError):
+        RunStore(tmp_path, name)
+    with pytest.raises(ValueError):
+        check_run_name(name)
+
+
+def test_latest_record_per_id_wins():
+    records = [{"id": "a", "status": "error"}, {"id": "b", "status": "ok"}, {"id": "a", "status": "ok"}]
+    assert latest_by_id(records) == {"a": {"id": "a", "status": "ok"}, "b": {"id": "b", "status": "ok"}}
+
+
+def test_read_jsonl_skips_only_the_torn_last_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": 1}\n{"id": 2}\n{"id"')
+    assert [r["id"] for r in read_jsonl(path)] == [1, 2]
+
+
+def test_config_file_with_cli_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rounds: 3\ntemperature: 0.2\nmax_new_tokens: {critique: 50}\nengine: {dtype: bfloat16}\n")
+    config = load_config(GenerateConfig, path, {"rounds": 1, "engine.max_model_len": 1024, "limit": None})
+    assert config.rounds == 1 and config.temperature == 0.2
+    assert config.max_new_tokens.critique == 50 and config.max_new_tokens.initial == 256
+    assert config.engine.dtype == "bfloat16" and config.engine.max_model_len == 1024
+    assert config.engine.trust_remote_code is False
+
+
+def test_config_unknown_key_and_bad_value(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("roundz: 3\n")
+    with pytest.raises(ConfigError, match="roundz"):
+        load_config(GenerateConfig, path)
+    with pytest.raises(ConfigError, match="rounds"):
+        load_config(GenerateConfig, None, {"rounds": -1})
+
+
+def test_compat_ignores_settings_that_do_not_shape_records():
+    a = GenerateConfig(limit=4, concurrency=8)
+    b = GenerateConfig(limit=100, concurrency=256, output_dir="elsewhere")
+    assert compat_settings(a) == compat_settings(b)
+    assert compat_settings(a) != compat_settings(GenerateConfig(rounds=2))
