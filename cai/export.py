@@ -93,7 +93,8 @@ def export_generate_run(run_dir: str | Path) -> dict[str, int]:
     """Write `run_dir/export/`; returns the row count of each split."""
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    records = list(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values())
+    records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
+                     key=lambda r: (r.get("index", 0), r["id"]))  # prompt-set order, whatever the completion order
     ok = [r for r in records if r["status"] == "ok"]
     errors = [r for r in records if r["status"] != "ok"]
     splits = {"sft": [sft_row(r) for r in ok], "raw": [raw_row(r) for r in ok]}

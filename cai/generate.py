@@ -82,8 +82,8 @@ def default_run_name(config: GenerateConfig, constitution_name: str) -> str:
     return f"{constitution_name}-{model}-{settings_hash(compat_settings(config))}"
 
 
-def error_record(item_id: str, kind: str, message: str, raw: Any = None) -> dict[str, Any]:
-    return {"id": item_id, "status": "error", "error": {"kind": kind, "message": message}, "raw": raw}
+def error_record(item_id: str, index: int, kind: str, message: str, raw: Any = None) -> dict[str, Any]:
+    return {"id": item_id, "index": index, "status": "error", "error": {"kind": kind, "message": message}, "raw": raw}
 
 
 def is_done(record: dict) -> bool:
@@ -125,6 +125,7 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
     }
     existing = store.open(manifest, compat_settings(config))
     done = {rid for rid, rec in latest_by_id(existing).items() if is_done(rec)}
+    position = {it.id: i for i, it in enumerate(items)}
     problems = [it for it in items if isinstance(it, InputProblem) and it.id not in done]
     chains = [it for it in items if isinstance(it, PromptItem) and it.id not in done]
     summary = RunSummary(store.path, total=len(items), skipped=len(items) - len(problems) - len(chains))
@@ -149,18 +150,18 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
         try:
             result = await run_chain(engine, item.id, item.messages, constitution, prefix, settings)
         except RequestError as e:
-            save(error_record(item.id, "input", str(e)))
+            save(error_record(item.id, position[item.id], "input", str(e)))
         except EngineDeadError:
             raise
         except Exception as e:  # recorded and retried on the next run; the other samples go on
-            save(error_record(item.id, "sample", f"{type(e).__name__}: {e}"))
+            save(error_record(item.id, position[item.id], "sample", f"{type(e).__name__}: {e}"))
         else:
-            save({"id": item.id, "status": "ok", "prompt": item.messages, "tags": item.tags, "meta": item.meta,
+            save({"id": item.id, "index": position[item.id], "status": "ok", "prompt": item.messages, "tags": item.tags, "meta": item.meta,
                   **result})
 
     try:
         for problem in problems:
-            save(error_record(problem.id, "input", problem.reason, problem.raw))
+            save(error_record(problem.id, position[problem.id], "input", problem.reason, problem.raw))
         if chains:
             if engine is None:
                 engine = create_engine(config.engine.model_copy(update={"seed": config.seed}))

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # Two engines may be alive at once (the session engine and a `cai` subprocess under test): keep each small.
-TEST_ENGINE = {"gpu_memory_utilization": 0.12, "max_model_len": 2048}
+TEST_ENGINE = {"gpu_memory_utilization": 0.2, "max_model_len": 2048}
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,8 @@ class VLLMEngine(Engine):
         args = AsyncEngineArgs(model=self.model_path, disable_log_stats=True, **self.settings)
         self._engine = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._engine.model_config.max_model_len
+        self.block_size = self._engine.vllm_config.cache_config.block_size
+        """Prefix caching reuses whole blocks of this many tokens."""
         self._ids = itertools.count()
 
     def describe(self) -> dict[str, Any]:

