@@ -144,7 +144,7 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
             summary.errors += 1
             reason = record["error"]["message"][:120]
             summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
-        bar.update(record.get("completion_tokens", 0))
+        bar.update()
 
     async def one(item: PromptItem) -> None:
         try:
@@ -167,7 +167,8 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
                 engine = create_engine(config.engine.model_copy(update={"seed": config.seed}))
             store.update_manifest(engine=engine.describe())
             start = time.monotonic()  # throughput excludes the engine's start-up
-            bar = Progress(len(chains), enabled=progress)
+            bar = Progress(len(chains), tokens=lambda: engine.generated_tokens, enabled=progress)
+            bar.start_ticker()
             await run_all([one(item) for item in chains], config.concurrency)
     except EngineDeadError as e:
         raise RunFailed(f"the engine died ({e}); {summary.ok} samples completed this run are saved in {store.path}; "

@@ -66,6 +66,8 @@ class Engine(ABC):
 
     model_id: str
     """The model as recorded in manifests and dataset cards."""
+    generated_tokens: int = 0
+    """Completion tokens produced so far by this engine (backends add to it), for progress displays."""
 
     @abstractmethod
     async def generate(self, messages: Messages, sampling: Sampling, *, continue_final: bool = False) -> Completion:

@@ -30,7 +30,7 @@ CPU_DEFAULTS = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilizati
 
 class VLLMEngine(Engine):
     def __init__(self, config: EngineConfig):
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # set it to INFO to see vLLM's own logs
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
@@ -102,6 +102,7 @@ class VLLMEngine(Engine):
         if final is None or not final.outputs:
             raise RequestError("the engine returned no output")
         out = final.outputs[0]
+        self.generated_tokens += len(out.token_ids)
         top = None
         if sampling.logprobs is not None and out.logprobs is not None:
             top = [
