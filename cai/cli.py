@@ -58,10 +58,85 @@ def _generate_parser(sub: Any) -> None:
     _engine_options(p)
 
 
+def _judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--constitution", help="where the preference principles come from (default harmless)")
+    p.add_argument("--principles", dest="principles_per_pair", type=int, help="M principles per pair (default 4)")
+    p.add_argument("--judge-few-shot", dest="judge_few_shot", type=int, help="judge examples to prepend (default 0)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cot", action=argparse.BooleanOptionalAction, default=None, help="reason before answering")
+    p.add_argument("--cot-max-tokens", dest="cot_max_tokens", type=int)
+    p.add_argument("--cot-band", dest="cot_band", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    p.add_argument("--min-option-mass", dest="min_option_mass", type=float)
+    p.add_argument("--top-logprobs", dest="top_logprobs", type=int)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--templates", help="folder of templates replacing prompts/templates")
+
+
+def _judge_parser(sub: Any) -> None:
+    p = sub.add_parser("judge", help="AI-judged preference pairs from runs, samples or a pairs file (RL-CAI)")
+    p.add_argument("source", nargs="?", help="generate run folder, pairs file (--strategy file) or prompt set (--strategy sampled)")
+    p.add_argument("--config", help="YAML file of settings; options given here override it")
+    p.add_argument("--strategy", choices=["revision-vs-initial", "revisions", "sampled", "file"])
+    _judge_options(p)
+    p.add_argument("--samples-per-prompt", dest="samples_per_prompt", type=int, help="K for --strategy sampled")
+    p.add_argument("--pairing", choices=["all", "reference"])
+    p.add_argument("--policy-model", dest="policy_engine.model", help="model that samples responses (default: the judge)")
+    p.add_argument("--policy-temperature", dest="policy_temperature", type=float)
+    p.add_argument("--policy-max-new-tokens", dest="policy_max_new_tokens", type=int)
+    p.add_argument("--prompt-column", dest="prompt_column")
+    p.add_argument("--split")
+    p.add_argument("--min-confidence", dest="min_confidence", type=float, help="export only pairs with p_chosen >= this")
+    p.add_argument("--drop-inconsistent", dest="drop_inconsistent", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--max-failure-rate", dest="max_failure_rate", type=float)
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--output-dir", dest="output_dir")
+    p.add_argument("--run-name", dest="run_name")
+    p.add_argument("--no-progress", action="store_true")
+    _engine_options(p)
+
+
+def _eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="measure a judge (cai eval judge FILE)")
+    esub = p.add_subparsers(dest="action", required=True)
+    j = esub.add_parser("judge", help="accuracy, consistency and calibration of a judge on labelled pairs")
+    j.add_argument("file", nargs="?", default=None, help="labelled pairs (prompt, chosen, rejected); default: the shipped set")
+    _judge_options(j)
+    j.add_argument("--out", dest="report_out", help="also write the report as JSON here")
+    _engine_options(j)
+
+
+def _train_parser(sub: Any) -> None:
+    """Options generated from TrainConfig's fields, so the CLI and the config file always agree."""
+    import typing
+
+    from cai.train.config import TrainConfig
+
+    p = sub.add_parser("train", help="train on cai data: sft or dpo (bundled trainer)")
+    tsub = p.add_subparsers(dest="action", required=True)
+    for task, text in (("sft", "supervised fine-tuning on `messages`"),
+                       ("dpo", "preference optimisation (sigmoid, ipo or soft labels)")):
+        t = tsub.add_parser(task, help=text)
+        t.add_argument("--config", help="YAML file of settings; options given here override it")
+        for name, field in TrainConfig.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            kind = field.annotation
+            origin, args = typing.get_origin(kind), typing.get_args(kind)
+            if kind is bool:
+                t.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            elif origin is list:
+                inner = typing.get_args(args[0]) if typing.get_origin(args[0]) is typing.Literal else None
+                t.add_argument(flag, dest=name, nargs="+", choices=inner or None)
+            elif origin is typing.Literal:
+                t.add_argument(flag, dest=name, choices=list(args))
+            else:
+                scalar = next((a for a in (args or (kind,)) if a in (int, float, str)), str)
+                t.add_argument(flag, dest=name, type=scalar)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     import yaml
 
-    skip = {"command", "config", "no_progress", "func", "max_new_tokens_all", "action"}
+    skip = {"command", "config", "no_progress", "func", "max_new_tokens_all", "action", "file", "report_out"}
     out = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
     if getattr(args, "max_new_tokens_all", None) is not None:
         for stage in ("initial", "critique", "revision"):
@@ -88,10 +163,81 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from cai.export import export_generate_run
+def cmd_judge(args: argparse.Namespace) -> int:
+    from cai.config import load_config
+    from cai.judge_run import JudgeConfig, judge_run
 
-    counts = export_generate_run(args.run)
+    config = load_config(JudgeConfig, args.config, _overrides(args))
+    summary = asyncio.run(judge_run(config, progress=not args.no_progress))
+    print(f"run: {summary.run_dir}\npairs: {summary.total} ({summary.skipped} already done, {summary.ok} labelled now, "
+          f"{summary.errors} invalid or failed) in {summary.seconds:.1f} s")
+    for reason, n in sorted(summary.error_reasons.items(), key=lambda x: -x[1]):
+        print(f"  x{n}: {reason}")
+    print(f"datasets: {summary.run_dir / 'export'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cai.config import load_config
+    from cai.engines import EngineConfig, create_engine
+    from cai.judge import JudgeSettings
+    from cai.judge_eval import evaluate_judge
+    from cai.resources import data_dir
+
+    options = _overrides(args)
+    engine_config = load_config(EngineConfig, None, {k.split(".", 1)[1]: v for k, v in options.items()
+                                                    if k.startswith("engine.")})
+    tuning = {k: options[k] for k in ("cot", "cot_max_tokens", "min_option_mass", "top_logprobs") if k in options}
+    settings = JudgeSettings(**tuning, cot_band=tuple(options.get("cot_band", (0.4, 0.6))),
+                             template_dir=options.get("templates"))
+    path = args.file or str(data_dir("prompts") / "judge-eval.jsonl")
+
+    async def run():
+        engine = create_engine(engine_config)
+        try:
+            return await evaluate_judge(engine, path, options.get("principles_per_pair", 4),
+                                        options.get("constitution", "harmless"), settings, options.get("seed", 0),
+                                        options.get("limit"), options.get("judge_few_shot", 0))
+        finally:
+            await engine.close()
+
+    report = asyncio.run(run())
+    print(format_judge_report(report))
+    if args.report_out:
+        Path(args.report_out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+def format_judge_report(report: dict[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    columns = ["accuracy", "position_consistency", "brier", "ece", "invalid_rate", "valid"]
+    lines = [f"judge: {report['judge_model']}  file: {report['file']}  pairs: {report['pairs']}  "
+             f"principles per pair: {report['principles_per_pair']}",
+             f"{'variant':<20}" + "".join(f"{c:>22}" for c in columns)]
+    for name, m in report["metrics"].items():
+        lines.append(f"{name:<20}" + "".join(f"{fmt(m[c]):>22}" for c in columns))
+    for name, m in report["by_category"].items():
+        lines.append(f"  {name:<18}" + "".join(f"{fmt(m[c]):>22}" for c in columns))
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cai.config import load_config
+    from cai.train import TrainConfig, run_training
+
+    config = load_config(TrainConfig, args.config, _overrides(args))
+    final = run_training(args.action, config)
+    print(json.dumps({"out": config.out, **{k: round(v, 6) if isinstance(v, float) else v for k, v in final.items()}}))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cai.export import export_generate_run, export_judge_run
+
+    kind = json.loads((Path(args.run) / "manifest.json").read_text(encoding="utf-8")).get("kind")
+    counts = (export_judge_run if kind == "judge" else export_generate_run)(args.run)
     print(json.dumps({"export": str(Path(args.run) / "export"), "rows": counts}))
     return 0
 
@@ -127,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cai", description="Constitutional AI data and models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
+    _judge_parser(sub)
+    _eval_parser(sub)
+    _train_parser(sub)
 
     p = sub.add_parser("export", help="write a run's datasets, JSONL files and dataset card")
     p.add_argument("run", help="run folder, e.g. outputs/<run>")
@@ -150,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"generate": cmd_generate, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
+COMMANDS = {"generate": cmd_generate, "judge": cmd_judge, "eval": cmd_eval, "train": cmd_train, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,11 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     from cai.inputs import InputError
     from cai.models import ModelNotFoundError
     from cai.store import RunConflictError
+    from cai.train.data import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, ConstitutionError, InputError, ModelNotFoundError, RunConflictError, ValueError,
+    except (ConfigError, ConstitutionError, InputError, ModelNotFoundError, RunConflictError, DataError, ValueError,
             FileNotFoundError) as e:
         print(f"cai: error: {e}", file=sys.stderr)
         return 2

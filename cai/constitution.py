@@ -91,6 +91,16 @@ class FewShotExample(_Strict):
         return self
 
 
+class JudgeExample(_Strict):
+    """A demonstration for the judge: a comparison and its right answer."""
+
+    prompt: str = Field(min_length=1)
+    response_a: str = Field(min_length=1)
+    response_b: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer: Literal["A", "B"]
+
+
 class Constitution(_Strict):
     name: str = Field(min_length=1)
     """Short name, used in run names and dataset cards."""
@@ -106,6 +116,8 @@ class Constitution(_Strict):
     """Questions for the AI judge; needed by `cai judge`."""
     few_shot: list[FewShotExample] = Field(default_factory=list)
     """Demonstrations prepended to every chain."""
+    judge_examples: list[JudgeExample] = Field(default_factory=list)
+    """Demonstrations prepended to every judge comparison (`cai judge --judge-few-shot`)."""
 
     @field_validator("version", mode="before")
     @classmethod

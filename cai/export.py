@@ -110,3 +110,68 @@ def export_generate_run(run_dir: str | Path) -> dict[str, int]:
                f"{revised} of {len(ok)} final responses differ from the initial one.")
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary), encoding="utf-8")
     return counts
+
+
+def preference_row(record: dict[str, Any], judge_model: str) -> dict[str, Any]:
+    """A judged pair in TRL's conversational preference format, with the soft label and its provenance."""
+    p_first = record["p_first"]
+    first_wins = p_first >= 0.5
+    chosen, rejected = (record["first"], record["second"]) if first_wins else (record["second"], record["first"])
+    sources = (record["meta"].get("first"), record["meta"].get("second"))
+    p_chosen = p_first if first_wins else 1.0 - p_first
+    return {
+        "id": record["id"],
+        "prompt": record["prompt"],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": p_chosen,
+        "score_chosen": p_chosen,
+        "score_rejected": 1.0 - p_chosen,
+        "margin": 2.0 * p_chosen - 1.0,
+        "principle_ids": record["principle_ids"],
+        "judge_model": judge_model,
+        "position_consistency": record["position_consistency"],
+        "n_judgements": record["n_valid"],
+        "chosen_source": sources[0] if first_wins else sources[1],
+        "rejected_source": sources[1] if first_wins else sources[0],
+    }
+
+
+def judgement_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"pair_id": record["id"], **j} for j in record.get("judgements", [])]
+
+
+def export_judge_run(run_dir: str | Path) -> dict[str, int]:
+    """Write `run_dir/export/` for a judge run; returns the row count of each split."""
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    config = manifest["config"]
+    records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
+                     key=lambda r: (r.get("index", 0), r["id"]))
+    judge_model = manifest.get("engine", {}).get("model", str(config["engine"].get("model")))
+    preferences, dropped = [], {"low_confidence": 0, "inconsistent": 0}
+    for record in (r for r in records if r["status"] == "ok"):
+        row = preference_row(record, judge_model)
+        if row["p_chosen"] < config["min_confidence"]:
+            dropped["low_confidence"] += 1
+        elif config["drop_inconsistent"] and (row["position_consistency"] or 0) < 1.0:
+            dropped["inconsistent"] += 1
+        else:
+            preferences.append(row)
+    raw = [row for r in records for row in judgement_rows(r)]
+    invalid = [r for r in records if r["status"] != "ok"]
+    out = run_dir / "export"
+    out.mkdir(exist_ok=True)
+    splits = {"train": preferences, "raw": raw}
+    for name, rows in splits.items():
+        write_jsonl_atomic(out / f"{name}.jsonl", rows)
+    write_jsonl_atomic(out / "invalid.jsonl", invalid)
+    save_datasets(out / "dataset", splits)
+    counts = {name: len(rows) for name, rows in splits.items()}
+    summary = (f"AI-labelled preference pairs (RL-CAI): {len(preferences)} pairs kept, {dropped['low_confidence']} "
+               f"below p_chosen {config['min_confidence']}, {dropped['inconsistent']} position-inconsistent "
+               f"dropped, {len(invalid)} invalid or failed. Judge: `{judge_model}`, "
+               f"{config['principles_per_pair']} principles per pair, both orders.")
+    (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary),
+                                   encoding="utf-8")
+    return counts

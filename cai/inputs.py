@@ -37,6 +37,8 @@ class PromptItem:
     messages: list[dict[str, str]]
     tags: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The whole source row, for readers that need other columns (e.g. pairs files)."""
 
 
 @dataclass
@@ -178,5 +180,5 @@ def load_prompts(source: str | Path, column: str | None = None, split: str = "tr
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.split(",") if t.strip()]
         meta = {k: v for k, v in row.items() if k not in (column, "id", "tags") and isinstance(v, str | int | float | bool)}
-        items.append(PromptItem(item_id, messages, list(tags), meta))
+        items.append(PromptItem(item_id, messages, list(tags), meta, row))
     return items[:limit] if limit is not None else items

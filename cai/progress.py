@@ -11,7 +11,8 @@ class Progress:
     """Counts finished samples; a ticker refreshes tokens/s from `tokens()` while samples are still running."""
 
     def __init__(self, total: int, tokens: Callable[[], int] = lambda: 0, enabled: bool = True,
-                 unit: str = "sample"):
+                 unit: str = "sample", rate_label: str = "tok/s"):
+        self._rate_label = rate_label
         self._tokens = tokens
         self._tokens_at_start = tokens()
         self._start = time.monotonic()
@@ -25,7 +26,7 @@ class Progress:
     def _refresh(self) -> None:
         if self._bar is not None:
             elapsed = max(time.monotonic() - self._start, 1e-9)
-            self._bar.set_postfix_str(f"{(self._tokens() - self._tokens_at_start) / elapsed:.0f} tok/s")
+            self._bar.set_postfix_str(f"{(self._tokens() - self._tokens_at_start) / elapsed:.1f} {self._rate_label}")
 
     def start_ticker(self, seconds: float = 2.0) -> None:
         async def tick():

@@ -53,22 +53,63 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
+class JsonlLog:
+    """An append-only JSONL file: each record is flushed when written and fsynced in small batches."""
+
+    def __init__(self, path: Path, fsync_every: int = 8, fsync_seconds: float = 2.0):
+        self.path = path
+        self.fsync_every = fsync_every
+        self.fsync_seconds = fsync_seconds
+        self._file = None
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def open(self) -> list[dict]:
+        """Cut a torn last line (a crash mid-write), then return the whole records and start appending."""
+        if self.path.exists():
+            with open(self.path, "rb+") as f:
+                data = f.read()
+                keep = data.rfind(b"\n") + 1
+                if keep != len(data):
+                    f.truncate(keep)
+                    os.fsync(f.fileno())
+        records = list(read_jsonl(self.path))
+        self._file = open(self.path, "a", encoding="utf-8")
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one completed record; it is in the OS's hands on return (survives a process kill)."""
+        assert self._file is not None, "open() first"
+        self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._file.flush()
+        self._unsynced += 1
+        if self._unsynced >= self.fsync_every or time.monotonic() - self._last_sync > self.fsync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._file is not None and self._unsynced:
+            os.fsync(self._file.fileno())
+            self._unsynced = 0
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.sync()
+            self._file.close()
+            self._file = None
+
+
 class RunStore:
     """One run folder: manifest, append-only records, resume."""
 
-    def __init__(self, output_dir: str | Path, name: str, records_file: str = "records.jsonl",
-                 fsync_every: int = 8, fsync_seconds: float = 2.0):
+    def __init__(self, output_dir: str | Path, name: str, records_file: str = "records.jsonl"):
         self.root = Path(output_dir).resolve()
         self.path = (self.root / check_run_name(name)).resolve()
         if self.path.parent != self.root:
             raise ValueError(f"run folder {self.path} would leave {self.root}")
         self.records_path = self.path / records_file
         self.manifest_path = self.path / "manifest.json"
-        self._file = None
-        self._unsynced = 0
-        self._last_sync = time.monotonic()
-        self.fsync_every = fsync_every
-        self.fsync_seconds = fsync_seconds
+        self._logs: list[JsonlLog] = []
 
     def open(self, manifest: dict[str, Any], compat: dict[str, Any]) -> list[dict]:
         """Create the run or resume it; returns the records already on disk.
@@ -89,42 +130,21 @@ class RunStore:
         else:
             manifest = {**manifest, "created": dt.datetime.now(dt.UTC).isoformat(), "resumed": 0}
         write_json_atomic(self.manifest_path, {**manifest, "compat": compat})
-        self._repair_tail()
-        records = list(read_jsonl(self.records_path))
-        self._file = open(self.records_path, "a", encoding="utf-8")
-        return records
+        self._records = self.log(self.records_path.name)
+        return self._records.open()
 
-    def _repair_tail(self) -> None:
-        if not self.records_path.exists():
-            return
-        with open(self.records_path, "rb+") as f:
-            data = f.read()
-            keep = data.rfind(b"\n") + 1
-            if keep != len(data):
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
+    def log(self, file_name: str) -> JsonlLog:
+        """Another append-only file of this run (opened by the caller), closed with the store."""
+        log = JsonlLog(self.path / file_name)
+        self._logs.append(log)
+        return log
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one completed record; it is in the OS's hands on return (survives a process kill)."""
-        assert self._file is not None, "open() the store first"
-        self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._file.flush()
-        self._unsynced += 1
-        if self._unsynced >= self.fsync_every or time.monotonic() - self._last_sync > self.fsync_seconds:
-            self.sync()
-
-    def sync(self) -> None:
-        if self._file is not None and self._unsynced:
-            os.fsync(self._file.fileno())
-            self._unsynced = 0
-            self._last_sync = time.monotonic()
+        self._records.append(record)
 
     def close(self) -> None:
-        if self._file is not None:
-            self.sync()
-            self._file.close()
-            self._file = None
+        for log in self._logs:
+            log.close()
 
     def update_manifest(self, **fields: Any) -> None:
         data = json.loads(self.manifest_path.read_text(encoding="utf-8"))

@@ -1,0 +1,207 @@
+"""The AI judge's single comparison: a multiple-choice prompt scored by the option tokens' log-probabilities.
+
+A comparison renders `prompts/templates/judge.j2` (the conversation, one preference principle, responses (A) and
+(B)), starts the judge's answer with "The answer is (" and asks the engine for one token with its top
+log-probabilities. The option tokens are every vocabulary entry that reads as the letter ("A", " A", "(A", ...);
+p_A = exp(lA) / (exp(lA) + exp(lB)), where lA is the log of the summed probability of A's tokens.
+In chain-of-thought mode the judge first writes its reasoning; the letter after its "answer is (" is scored and
+the probability clamped into a band. A judgement whose options carry too little probability mass, or whose
+reasoning has no answer, is invalid and never becomes a label.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cai.constitution import PreferencePrinciple
+from cai.engines import Engine, Messages, Sampling, TokenLogprob
+from cai.templating import render
+
+OPTIONS = ("A", "B")
+_ANSWER_MARK = re.compile(r"answer is:?\s*\(?", re.IGNORECASE)
+
+
+def option_of(token: str) -> str | None:
+    """The option a token spells ("A", " A", "(A", " (A)" -> "A"), or None."""
+    core = token.replace("Ġ", " ").replace("▁", " ").strip().strip("()").strip()
+    return core if core in OPTIONS else None
+
+
+def option_token_ids(tokenizer: Any) -> dict[str, set[int]]:
+    """Every vocabulary id that decodes to an option, found from the tokenizer itself."""
+    found: dict[str, set[int]] = {o: set() for o in OPTIONS}
+    for token, token_id in tokenizer.get_vocab().items():
+        option = option_of(tokenizer.convert_tokens_to_string([token]))
+        if option is not None:
+            found[option].add(token_id)
+    return found
+
+
+@dataclass
+class OptionScore:
+    """What one scored answer position says about the two options."""
+
+    logprob_a: float
+    logprob_b: float
+    mass: float
+    """exp(lA) + exp(lB): how much of the judge's probability went to an option at all."""
+    p_a: float
+    bounded: list[str]
+    """Options absent from the top-k, whose log-probability is bounded by the k-th best instead."""
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def score_options(top: list[TokenLogprob], option_ids: dict[str, set[int]] | None = None) -> OptionScore:
+    """Normalised option probabilities from one position's top-k alternatives.
+
+    Tokens are matched by id when ids are known and given, else by their text. An option missing from the top-k
+    gets the smallest top-k log-probability, an upper bound on its true value.
+    """
+    per_option: dict[str, list[float]] = {o: [] for o in OPTIONS}
+    for alt in top:
+        if option_ids is not None and alt.token_id is not None:
+            option = next((o for o, ids in option_ids.items() if alt.token_id in ids), None)
+        else:
+            option = option_of(alt.token)
+        if option is not None:
+            per_option[option].append(alt.logprob)
+    floor = min(alt.logprob for alt in top)
+    bounded = [o for o in OPTIONS if not per_option[o]]
+    la, lb = (_logsumexp(per_option[o]) if per_option[o] else floor for o in OPTIONS)
+    mass = (math.exp(la) if per_option["A"] else 0.0) + (math.exp(lb) if per_option["B"] else 0.0)
+    p_a = 1.0 / (1.0 + math.exp(lb - la))
+    return OptionScore(logprob_a=la, logprob_b=lb, mass=mass, p_a=p_a, bounded=bounded)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    top_logprobs: int = 20
+    min_option_mass: float = 0.2
+    """Below this, the judge did not answer with an option: the judgement is invalid."""
+    cot: bool = False
+    cot_max_tokens: int = 256
+    cot_band: tuple[float, float] = (0.4, 0.6)
+    """Chain-of-thought probabilities are clamped into this band (the CAI paper used 40-60%)."""
+    template_dir: str | None = None
+
+
+@dataclass
+class Judgement:
+    """One (pair, principle, order) comparison."""
+
+    principle_id: str
+    order: str
+    """"AB": the pair's first response was shown as (A); "BA": it was shown as (B)."""
+    valid: bool
+    p_first: float | None
+    """Probability that the pair's first response is better, in this order (None when invalid)."""
+    p_a: float | None = None
+    logprob_a: float | None = None
+    logprob_b: float | None = None
+    mass: float | None = None
+    reason: str | None = None
+    raw: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def judge_messages(conversation: Messages, principle: PreferencePrinciple, response_a: str, response_b: str,
+                   settings: JudgeSettings, examples: Messages = ()) -> Messages:
+    question = render("judge.j2", settings.template_dir, conversation=conversation, principle=principle,
+                      response_a=response_a, response_b=response_b, cot=settings.cot)
+    return [*examples, {"role": "user", "content": question}]
+
+
+def clamp(p: float, band: tuple[float, float]) -> float:
+    return min(max(p, band[0]), band[1])
+
+
+async def judge_once(engine: Engine, conversation: Messages, first: str, second: str,
+                     principle: PreferencePrinciple, order: str, settings: JudgeSettings,
+                     option_ids: dict[str, set[int]] | None = None, examples: Messages = ()) -> Judgement:
+    """Judge one order of one pair under one principle."""
+    a, b = (first, second) if order == "AB" else (second, first)
+    messages = judge_messages(conversation, principle, a, b, settings, examples)
+    answer_start = render("judge_answer.j2", settings.template_dir)
+    raw = ""
+    if settings.cot:
+        reasoning = await engine.generate(messages, Sampling(max_tokens=settings.cot_max_tokens, temperature=0))
+        raw = reasoning.text
+        marks = list(_ANSWER_MARK.finditer(raw))
+        if not marks:
+            return Judgement(principle.id, order, False, None, reason="no answer in the reasoning", raw=raw)
+        answer_start = raw[: marks[-1].start()] + "answer is ("  # the letter after the judge's own "answer is (" is scored
+    scored = await engine.generate([*messages, {"role": "assistant", "content": answer_start}],
+                                   Sampling(max_tokens=1, temperature=0, logprobs=settings.top_logprobs),
+                                   continue_final=True)
+    raw = raw or scored.text
+    if not scored.top_logprobs:
+        raise RuntimeError("the engine returned no log-probabilities for the judge's answer")
+    score = score_options(scored.top_logprobs[0], option_ids)
+    details = {"p_a": score.p_a, "logprob_a": score.logprob_a, "logprob_b": score.logprob_b, "mass": score.mass}
+    if score.mass < settings.min_option_mass:
+        return Judgement(principle.id, order, False, None, reason=f"option tokens carry only {score.mass:.3f} of "
+                         f"the probability (minimum {settings.min_option_mass})", raw=raw, **details)
+    p_a = clamp(score.p_a, settings.cot_band) if settings.cot else score.p_a
+    details["p_a"] = p_a
+    return Judgement(principle.id, order, True, p_a if order == "AB" else 1.0 - p_a, raw=raw, **details)
+
+
+@dataclass
+class PairLabel:
+    """The aggregate of a pair's judgements: both orders, every sampled principle."""
+
+    valid: bool
+    p_first: float | None
+    position_consistency: float | None
+    """Share of principles whose two orders agree on the winner."""
+    n_valid: int
+    reason: str | None = None
+
+
+def aggregate(judgements: list[Judgement]) -> PairLabel:
+    """Mean of the valid judgements; a principle counts for consistency only when both its orders are valid."""
+    valid = [j for j in judgements if j.valid]
+    if not valid:
+        reasons = sorted({j.reason or "invalid" for j in judgements})
+        return PairLabel(False, None, None, 0, reason="; ".join(reasons))
+    p_first = sum(j.p_first for j in valid) / len(valid)
+    by_principle: dict[str, dict[str, float]] = {}
+    for j in valid:
+        by_principle.setdefault(j.principle_id, {})[j.order] = j.p_first
+    both = [v for v in by_principle.values() if len(v) == 2]
+    consistency = (sum((v["AB"] > 0.5) == (v["BA"] > 0.5) for v in both) / len(both)) if both else None
+    return PairLabel(True, p_first, consistency, len(valid))
+
+
+def judge_examples(constitution_examples: list, settings: JudgeSettings) -> Messages:
+    """The constitution's judge demonstrations as chat turns, rendered like live comparisons."""
+    messages: Messages = []
+    for ex in constitution_examples:
+        principle = {"id": "example", "question": ex.question}
+        messages += judge_messages([{"role": "user", "content": ex.prompt}], principle, ex.response_a,
+                                   ex.response_b, JudgeSettings(template_dir=settings.template_dir))
+        messages.append({"role": "assistant",
+                         "content": render("judge_answer.j2", settings.template_dir) + ex.answer + ")"})
+    return messages
+
+
+async def judge_pair(engine: Engine, conversation: Messages, first: str, second: str,
+                     principles: list[PreferencePrinciple], settings: JudgeSettings,
+                     option_ids: dict[str, set[int]] | None = None,
+                     examples: Messages = ()) -> tuple[list[Judgement], PairLabel]:
+    """Every (principle, order) comparison of one pair, submitted together, and their aggregate."""
+    import asyncio
+
+    jobs = [judge_once(engine, conversation, first, second, p, order, settings, option_ids, examples)
+            for p in principles for order in ("AB", "BA")]
+    judgements = list(await asyncio.gather(*jobs))
+    return judgements, aggregate(judgements)

@@ -1,0 +1,146 @@
+"""Training data: find the rows, check their columns, tokenize them with the chat template, mask and truncate.
+
+- SFT rows: `messages` (conversational); the loss covers assistant tokens only.
+- Preference rows: `prompt`, `chosen`, `rejected`, in TRL's conversational form (message lists) or its standard
+  form (strings); an optional `p_chosen` carries the judge's soft label.
+`--data` may be a `cai` run folder (its export is used), a .jsonl/.json/.parquet file, a `datasets` folder or a
+hub id. Every problem is reported before any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """Training data that cannot be used, with a reason a person can act on."""
+
+
+def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[str, Any]]:
+    path = Path(data)
+    if (path / "manifest.json").is_file():
+        run_kind = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("kind")
+        name = {"generate": "sft.jsonl", "judge": "train.jsonl"}.get(run_kind)
+        if name is None or not (path / "export" / name).is_file():
+            raise DataError(f"{path}: a `cai {run_kind}` run without an export; run `cai export {path}` first")
+        if (kind == "sft") != (run_kind == "generate"):
+            raise DataError(f"{path} is a `cai {run_kind}` run; `cai train {kind}` needs "
+                            f"{'a generate run (SFT data)' if kind == 'sft' else 'a judge run (preference pairs)'}")
+        path = path / "export" / name
+    try:
+        import datasets
+
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
+                loaded = loaded[split]
+        elif path.is_file():
+            suffix = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+            if suffix is None:
+                raise DataError(f"{path}: unknown data format (use .jsonl, .json, .parquet, .csv or a datasets folder)")
+            loaded = datasets.load_dataset(suffix, data_files=str(path), split="train")
+        else:
+            loaded = datasets.load_dataset(data, split=split)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"cannot read training data {data!r}: {e}") from None
+    rows = loaded.to_list()
+    if not rows:
+        raise DataError(f"{data}: the dataset is empty")
+    return rows
+
+
+def _as_messages(value: Any, role: str, column: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise DataError(f"column {column!r}: expected a string or a list of {{role, content}} messages")
+
+
+def check_columns(rows: list[dict], required: tuple[str, ...], source: str) -> None:
+    missing = [c for c in required if c not in rows[0]]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)} (has {', '.join(rows[0])})")
+
+
+@dataclass
+class Truncation:
+    max_length: int = 512
+    max_prompt_length: int = 256
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                              return_dict=False))
+
+
+def tokenize_sft(rows: list[dict], tokenizer: Any, limits: Truncation) -> tuple[list[dict], int]:
+    """input_ids and labels (assistant tokens only); returns the examples and how many were dropped."""
+    check_columns(rows, ("messages",), "SFT data")
+    examples, dropped = [], 0
+    for row in rows:
+        messages = _as_messages(row["messages"], "user", "messages")
+        ids: list[int] = []
+        labels: list[int] = []
+        for i, message in enumerate(messages):
+            full = _render(tokenizer, messages[: i + 1], False)
+            if full[: len(ids)] != ids:
+                raise DataError("the chat template does not render a conversation as a prefix of its extension; "
+                                "assistant-only masking needs that")
+            if message["role"] == "assistant":
+                start = _render(tokenizer, messages[:i], True) if i else []
+                if full[: len(start)] != start:
+                    start = ids
+                labels += [IGNORE] * (len(start) - len(ids)) + full[len(start):]
+            else:
+                labels += [IGNORE] * (len(full) - len(ids))
+            ids = full
+        ids, labels = ids[: limits.max_length], labels[: limits.max_length]
+        if all(label == IGNORE for label in labels):
+            dropped += 1
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, dropped
+
+
+def tokenize_preferences(rows: list[dict], tokenizer: Any, limits: Truncation,
+                         need_p: bool = False) -> tuple[list[dict], int]:
+    """Prompt ids (left-truncated to max_prompt_length) and chosen/rejected response ids (cut to fit max_length)."""
+    check_columns(rows, ("prompt", "chosen", "rejected"), "preference data")
+    if need_p:
+        check_columns(rows, ("p_chosen",), "preference data for the soft loss")
+    examples, dropped = [], 0
+    for index, row in enumerate(rows):
+        prompt = _as_messages(row["prompt"], "user", "prompt")
+        prompt_ids = _render(tokenizer, prompt, True)
+        responses = []
+        for column in ("chosen", "rejected"):
+            response = _as_messages(row[column], "assistant", column)
+            full = _render(tokenizer, prompt + response, False)
+            if full[: len(prompt_ids)] != prompt_ids:
+                raise DataError("the chat template does not render the prompt as a prefix of prompt + response")
+            responses.append(full[len(prompt_ids):])
+        if responses[0] == responses[1]:
+            raise DataError(f"preference row {index}: chosen and rejected are identical")
+        p = row.get("p_chosen", 1.0)
+        if p is None or not isinstance(p, int | float) or math.isnan(p) or not 0.0 <= p <= 1.0:
+            raise DataError(f"preference row {index}: p_chosen must be a number in [0, 1], got {p!r}")
+        prompt_ids = prompt_ids[-limits.max_prompt_length:]
+        room = limits.max_length - len(prompt_ids)
+        chosen, rejected = (r[:room] for r in responses) if room > 0 else ([], [])
+        if not chosen or not rejected:
+            dropped += 1
+            continue
+        examples.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
+                         "p_chosen": float(p), "index": index})
+    return examples, dropped

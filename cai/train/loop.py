@@ -1,0 +1,257 @@
+"""The training loop shared by SFT and DPO: accelerate for devices and precision, peft for LoRA, a deterministic
+resumable batch order, checkpoints, evaluation, and metrics in JSONL (plus TensorBoard or W&B when asked for).
+
+A task supplies `loss(model, batch) -> (loss, per-example metrics, tokens)`; everything else lives here. Batches
+are drawn from a seeded permutation per epoch and split across processes, so `--resume` continues exactly where a
+checkpoint left off. Multi-GPU and multi-node: `accelerate launch -m cai train ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cai.train.config import TrainConfig
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
+
+
+def load_model_and_tokenizer(config: TrainConfig, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai.models import resolve_model
+
+    path = resolve_model(config.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    except Exception as e:
+        raise ValueError(f"cannot load model {config.model or 'default'} ({path}): {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path}: the tokenizer has no chat template")
+    return model, tokenizer, path
+
+
+def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's batches of example indices for one epoch (a seeded permutation, split by rank)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    per_step = batch_size * world
+    steps = [order[i: i + per_step] for i in range(0, n, per_step)]
+    return [step[rank * batch_size: (rank + 1) * batch_size] for step in steps if step[rank * batch_size:]]
+
+
+class MetricLog:
+    """metrics.jsonl plus optional trackers (through accelerate)."""
+
+    def __init__(self, path: Path, accelerator: Any):
+        self.path = path
+        self.accelerator = accelerator
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+            self.accelerator.log(values, step=step)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, tokenizer: Any, train: list[dict],
+                 collate: Callable[[list[dict]], dict[str, torch.Tensor]], loss_fn: LossFn,
+                 eval_examples: list[dict] | None = None, extra_manifest: dict | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.out = Path(config.out)
+        trackers = [t for t in config.report_to if _installed(t)]
+        self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                       mixed_precision="bf16" if config.bf16 else "no",
+                                       log_with=trackers or None, project_dir=str(self.out))
+        set_seed(config.seed)
+        self.tokenizer = tokenizer
+        self.train_examples = train
+        self.eval_examples = eval_examples or []
+        self.collate = collate
+        self.loss_fn = loss_fn
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        world = self.accelerator.num_processes
+        self.batches_per_epoch = len(batches(len(train), config.batch_size, config.seed, 0,
+                                             self.accelerator.process_index, world))
+        steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps))
+        self.total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                  num_warmup_steps=int(config.warmup_ratio * self.total_steps),
+                                  num_training_steps=self.total_steps)
+        # The scheduler stays unprepared: it steps once per optimizer step here, on every process alike.
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = scheduler
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = MetricLog(self.out / "metrics.jsonl", self.accelerator)
+        if trackers:
+            self.accelerator.init_trackers("cai", config=config.model_dump(mode="json"))
+        self.manifest = {"config": config.model_dump(mode="json"), "examples": len(train),
+                         "eval_examples": len(self.eval_examples), "total_steps": self.total_steps,
+                         **(extra_manifest or {})}
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        folder = self.out / "checkpoints"
+        found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()] if folder.exists() else []
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self) -> None:
+        folder = self.out / "checkpoints" / f"step-{self.step}"
+        partial = folder.with_name(folder.name + ".partial")
+        self.accelerator.save_state(str(partial))
+        if self.accelerator.is_main_process:
+            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+            (partial / "trainer_state.json").write_text(json.dumps(state))
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)  # a checkpoint is whole or absent
+        self.accelerator.wait_for_everyone()
+
+    def resume(self) -> bool:
+        found = self.checkpoints()
+        if not found:
+            return False
+        self.accelerator.load_state(str(found[-1]))
+        state = json.loads((found[-1] / "trainer_state.json").read_text())
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.accelerator.print(f"cai: resumed from {found[-1]} (step {self.step})")
+        return True
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def _epoch_batches(self) -> Iterator[list[int]]:
+        while True:
+            order = batches(len(self.train_examples), self.config.batch_size, self.config.seed, self.epoch,
+                            self.accelerator.process_index, self.accelerator.num_processes)
+            for i in range(self.batch_in_epoch, len(order)):
+                self.batch_in_epoch = i + 1
+                yield order[i]
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def train(self) -> dict[str, float]:
+        config = self.config
+        if config.resume:
+            self.resume()
+        (self.out / "train_manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
+        bar = None
+        if config.progress and self.accelerator.is_local_main_process:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        window: dict[str, list[float]] = {}
+        tokens, started, last = 0, time.monotonic(), {}
+        source = self._epoch_batches()
+        self.model.train()
+        while self.step < self.total_steps:
+            for _ in range(config.gradient_accumulation_steps):
+                indices = next(source)
+                batch = self._to_device(self.collate([self.train_examples[i] for i in indices]))
+                with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                    loss, metrics, n_tokens = self.loss_fn(self.model, batch)
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients:
+                        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                        window.setdefault("grad_norm", []).append(float(grad_norm))
+                    self.optimizer.step()
+                    if self.accelerator.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad()
+                window.setdefault("loss", []).append(float(loss.detach()))
+                for name, values in metrics.items():
+                    window.setdefault(name, []).append(float(values.float().mean()))
+                tokens += n_tokens
+            self.step += 1
+            if self.step % config.logging_steps == 0 or self.step == self.total_steps:
+                elapsed = time.monotonic() - started
+                last = {name: sum(v) / len(v) for name, v in window.items()}
+                last.update({"learning_rate": self.scheduler.get_last_lr()[0], "epoch": self.epoch,
+                             "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9)})
+                self.log.write(self.step, last)
+                window = {}
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {last['loss']:.4f}, {last['tokens_per_s']:.0f} tok/s")
+            if bar is not None:
+                bar.update(1)
+            if config.eval_steps and self.eval_examples and self.step % config.eval_steps == 0:
+                self.log.write(self.step, self.evaluate())
+            if config.save_steps and self.step % config.save_steps == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if self.eval_examples:
+            final_eval = self.evaluate()
+            self.log.write(self.step, final_eval)
+            last.update(final_eval)
+        self.save_final()
+        self.accelerator.end_training()
+        return last
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for start in range(0, len(self.eval_examples), self.config.batch_size):
+            chunk = self.eval_examples[start: start + self.config.batch_size]
+            loss, metrics, _ = self.loss_fn(self.model, self._to_device(self.collate(chunk)))
+            sums["eval/loss"] = sums.get("eval/loss", 0.0) + float(loss) * len(chunk)
+            for name, values in metrics.items():
+                sums[f"eval/{name}"] = sums.get(f"eval/{name}", 0.0) + float(values.float().sum())
+            count += len(chunk)
+        self.model.train()
+        return {name: value / count for name, value in sums.items()}
+
+    def save_final(self) -> None:
+        self.accelerator.wait_for_everyone()
+        model = self.accelerator.unwrap_model(self.model)
+        if self.accelerator.is_main_process:
+            if self.config.lora and self.config.merge_lora:
+                model = model.merge_and_unload()
+            model.save_pretrained(self.out, safe_serialization=True)
+            self.tokenizer.save_pretrained(self.out)
+        self.accelerator.wait_for_everyone()
+
+
+def _installed(tracker: str) -> bool:
+    import importlib.util
+
+    module = {"tensorboard": "tensorboard", "wandb": "wandb"}[tracker]
+    if importlib.util.find_spec(module) is None:
+        print(f"cai: {tracker} is not installed; metrics go to metrics.jsonl only")
+        return False
+    return True
+
+
+def pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)

@@ -1,0 +1,61 @@
+"""Preference losses on sequence log-probabilities: DPO (`sigmoid`), IPO and the soft-label loss of `cai`.
+
+With policy and reference log-probabilities of the chosen and rejected responses (sums over response tokens),
+    delta = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
+    sigmoid: -[(1 - eps) log sig(beta delta) + eps log sig(-beta delta)]       (DPO with label smoothing eps)
+    soft:    -[q log sig(beta delta) + (1 - q) log sig(-beta delta)], q = (1 - eps) p + eps (1 - p)
+             where p is the judge's p_chosen: a 55% judgement pushes less than a 95% one, and p = 0.5 pushes
+             toward delta = 0 (no gradient where the policy still equals the reference)
+    ipo:     (delta - 1 / (2 beta))^2                                          (Azar et al., on summed log-probs)
+The implicit rewards are beta (logp - ref); `rewards/accuracies` is the share where chosen's beats rejected's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+LossType = Literal["sigmoid", "ipo", "soft"]
+
+
+def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor, beta: float, loss_type: LossType = "sigmoid",
+                    p_chosen: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-example losses and the usual metrics (per-example tensors, not yet averaged)."""
+    delta = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * delta) - label_smoothing * F.logsigmoid(-beta * delta)
+    elif loss_type == "soft":
+        if p_chosen is None:
+            raise ValueError("the soft loss needs p_chosen (the judge's probability) for every pair")
+        target = (1 - label_smoothing) * p_chosen + label_smoothing * (1 - p_chosen)
+        losses = -target * F.logsigmoid(beta * delta) - (1 - target) * F.logsigmoid(-beta * delta)
+    elif loss_type == "ipo":
+        losses = (delta - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown loss type {loss_type!r} (sigmoid, ipo, soft)")
+    chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
+    rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
+    metrics = {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "logps/chosen": policy_chosen.detach(),
+        "logps/rejected": policy_rejected.detach(),
+    }
+    return losses, metrics
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Sum of log-probabilities of the labelled tokens of each sequence (labels already aligned with logits:
+    position t predicts labels[t]); positions with `ignore_index` do not count."""
+    mask = labels != ignore_index
+    safe = labels.masked_fill(~mask, 0)
+    logits = logits.float()
+    # gather - logsumexp gives the same numbers as log_softmax without materialising it over the vocabulary
+    token_logps = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return (token_logps * mask).sum(-1)
