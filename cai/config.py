@@ -86,7 +86,7 @@ _ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce
 
 
 def compat_settings(config: BaseModel) -> dict[str, Any]:
-    data = config.model_dump(exclude=_NOT_COMPAT)
+    data = config.model_dump(mode="json", exclude=_NOT_COMPAT)  # as it reads back from the manifest
     if "engine" in data:
         data["engine"] = {k: v for k, v in data["engine"].items() if k not in _ENGINE_NOT_COMPAT}
     return data

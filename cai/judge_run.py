@@ -108,7 +108,7 @@ class JudgeRun:
         self.config = config
         self.constitution = constitution
         self.store = store
-        self.judge = judge
+        self.engine = judge
         self.summary = summary
         self.settings = settings_of(config)
         self.option_ids = option_token_ids(judge.tokenizer) if hasattr(judge, "tokenizer") else None
@@ -131,7 +131,7 @@ class JudgeRun:
         base = {"id": pair.id, "index": index, "prompt": pair.prompt, "first": pair.first, "second": pair.second,
                 "meta": pair.meta, "principle_ids": [p.id for p in principles]}
         try:
-            judgements, label = await judge_pair(self.judge, pair.prompt, pair.first, pair.second, principles,
+            judgements, label = await judge_pair(self.engine, pair.prompt, pair.first, pair.second, principles,
                                                  self.settings, self.option_ids, self.examples)
         except RequestError as e:
             self.save({**base, "status": "error", "error_kind": "input", "reason": str(e)})

@@ -73,7 +73,7 @@ def test_both_orders_and_the_principle_ensemble(engine, loop):
 
 
 def test_cot_without_an_answer_is_invalid_and_keeps_the_raw_text(engine, loop):
-    settings = JudgeSettings(cot=True, cot_max_tokens=3)
+    settings = JudgeSettings(cot=True, cot_max_tokens=1)
     j = loop.run_until_complete(judge_once(engine, CONV, SAFE, UNSAFE, PRINCIPLE, "AB", settings))
     assert not j.valid and j.p_first is None and j.reason == "no answer in the reasoning" and j.raw
 
@@ -176,8 +176,8 @@ def test_eval_judge_on_the_shipped_set(engine, loop):
 
 def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env):
     command = cai_cmd + [
-        "judge", str(data_dir("prompts") / "judge-eval.jsonl"), "--strategy", "file", "--limit", "16",
-        "--principles", "2", "--concurrency", "2", "--output-dir", str(tmp_path), "--run-name", "jk",
+        "judge", str(data_dir("prompts") / "judge-eval.jsonl"), "--strategy", "file", "--limit", "12",
+        "--principles", "1", "--concurrency", "2", "--output-dir", str(tmp_path), "--run-name", "jk",
         "--no-progress", "--gpu-memory-utilization", str(TEST_ENGINE["gpu_memory_utilization"]),
         "--max-model-len", str(TEST_ENGINE["max_model_len"]),
     ]
@@ -199,4 +199,4 @@ def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"({before} already done" in rerun.stdout
     ids = [json.loads(line)["id"] for line in records.read_bytes().splitlines()]
-    assert len(ids) == len(set(ids)) == 16
+    assert len(ids) == len(set(ids)) == 12

@@ -120,7 +120,7 @@ def test_lora_changes_only_the_adapter_and_merging_keeps_outputs(pairs_file, tmp
     assert not any("lora" in k for k in merged.state_dict())
 
 
-def test_bad_input_is_refused_before_training(tmp_path, pairs_file):
+def test_bad_input_is_refused_before_training(tmp_path, pairs_file, sft_file):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError):
@@ -133,8 +133,14 @@ def test_bad_input_is_refused_before_training(tmp_path, pairs_file):
         no_p = tmp_path / "nop.jsonl"
         no_p.write_text(json.dumps({"prompt": "hi", "chosen": "a", "rejected": "b"}) + "\n")
         prepare_dpo(TrainConfig(data=str(no_p), out=str(tmp_path / "x"), loss_type="soft", **SHORT))
-    with pytest.raises(DataError, match="truncated away"):
-        prepare_dpo(TrainConfig(data=str(pairs_file), out=str(tmp_path / "x"), max_length=24, max_prompt_length=23,
+    same_start = tmp_path / "same.jsonl"
+    same_start.write_text(json.dumps({"prompt": "Is it safe?", "chosen": "Sure, the short answer is yes.",
+                                      "rejected": "Sure, the short answer is no."}) + "\n")
+    with pytest.raises(DataError, match="truncated away"):  # cut to 3 response tokens, both say "Sure, the"
+        prepare_dpo(TrainConfig(data=str(same_start), out=str(tmp_path / "x"), max_length=40, max_prompt_length=37,
+                                progress=False))
+    with pytest.raises(DataError, match="lost their assistant tokens"):
+        prepare_sft(TrainConfig(data=str(sft_file), out=str(tmp_path / "x"), max_length=16, max_prompt_length=8,
                                 progress=False))
     with pytest.raises(ValueError, match="cannot load model"):
         prepare_dpo(TrainConfig(data=str(pairs_file), out=str(tmp_path / "x"), model=str(tmp_path), **SHORT))

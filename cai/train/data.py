@@ -138,7 +138,7 @@ def tokenize_preferences(rows: list[dict], tokenizer: Any, limits: Truncation,
         prompt_ids = prompt_ids[-limits.max_prompt_length:]
         room = limits.max_length - len(prompt_ids)
         chosen, rejected = (r[:room] for r in responses) if room > 0 else ([], [])
-        if not chosen or not rejected:
+        if not chosen or not rejected or chosen == rejected:  # nothing left to prefer
             dropped += 1
             continue
         examples.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,

@@ -28,8 +28,9 @@ def load_model_and_tokenizer(config: TrainConfig, dtype: torch.dtype = torch.flo
 
     from cai.models import resolve_model
 
-    path = resolve_model(config.model)
+    path = config.model
     try:
+        path = resolve_model(config.model)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
     except Exception as e:
@@ -236,7 +237,9 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         if self.accelerator.is_main_process:
             if self.config.lora and self.config.merge_lora:
-                model = model.merge_and_unload()
+                import copy
+
+                model = copy.deepcopy(model).merge_and_unload()  # a copy: the trained adapter stays usable
             model.save_pretrained(self.out, safe_serialization=True)
             self.tokenizer.save_pretrained(self.out)
         self.accelerator.wait_for_everyone()
