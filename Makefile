@@ -4,13 +4,14 @@
 setup:
 	@scripts/setup.sh
 
-# The main job: SL-CAI critique -> revision data from the bundled red-team prompts and constitution on the
-# embedded default model, ending in datasets under outputs/quickstart/export/.
+# The main job on the embedded default model: critique/revision data, AI-judged preference pairs, SFT, soft-label
+# DPO, eval against the base and an HTML report, all under outputs/quickstart/ (about 15 minutes on 2 CPU cores).
 quickstart: setup
-	.venv/bin/cai generate --config recipes/quickstart-generate.yaml
+	.venv/bin/cai run recipes/quickstart.yaml
 
-# The test suite (real vLLM on the embedded model; about 10 minutes on 2 CPU cores).
-test: setup
+# The test suite (real vLLM on the embedded model, a real vllm server, Chromium for the report).
+test:
+	@scripts/setup.sh --browser
 	.venv/bin/python -m pytest -q
 
 lint: setup
@@ -18,3 +19,10 @@ lint: setup
 
 bench: setup
 	.venv/bin/python benchmarks/bench_generate.py
+	.venv/bin/python benchmarks/bench_judge.py
+	.venv/bin/python benchmarks/bench_openai.py
+
+# TRL is installed only for this comparison.
+bench-train: setup
+	.venv/bin/pip install --quiet --no-deps trl==1.16.0
+	.venv/bin/python benchmarks/bench_train.py

@@ -30,6 +30,13 @@ def _engine_options(parser: argparse.ArgumentParser, prefix: str = "engine") -> 
                        help="run code shipped with a hub model (off by default)")
     group.add_argument("--engine-arg", dest=f"{prefix}.extra", action="append", metavar="KEY=VALUE",
                        help="any other vLLM engine argument (value parsed as YAML), repeatable")
+    group.add_argument("--engine", dest=f"{prefix}.backend", choices=["vllm", "openai"],
+                       help="vllm (in-process, default) or openai (OpenAI-compatible servers)")
+    group.add_argument("--base-url", dest=f"{prefix}.base_urls", action="append", metavar="URL",
+                       help="an OpenAI-compatible endpoint such as http://host:8000/v1; repeat for several servers")
+    group.add_argument("--api-key-env", dest=f"{prefix}.openai.api_key_env", help="variable holding the API key")
+    group.add_argument("--api-key-file", dest=f"{prefix}.openai.api_key_file", help="file holding the API key")
+    group.add_argument("--max-concurrency-per-server", dest=f"{prefix}.openai.max_concurrency_per_server", type=int)
 
 
 def _generate_parser(sub: Any) -> None:
@@ -95,7 +102,7 @@ def _judge_parser(sub: Any) -> None:
     _engine_options(p)
 
 
-def _eval_parser(sub: Any) -> None:
+def _eval_parser(sub: Any) -> Any:
     p = sub.add_parser("eval", help="measure a judge (cai eval judge FILE)")
     esub = p.add_subparsers(dest="action", required=True)
     j = esub.add_parser("judge", help="accuracy, consistency and calibration of a judge on labelled pairs")
@@ -103,6 +110,7 @@ def _eval_parser(sub: Any) -> None:
     _judge_options(j)
     j.add_argument("--out", dest="report_out", help="also write the report as JSON here")
     _engine_options(j)
+    return esub
 
 
 def _train_parser(sub: Any) -> None:
@@ -131,6 +139,23 @@ def _train_parser(sub: Any) -> None:
             else:
                 scalar = next((a for a in (args or (kind,)) if a in (int, float, str)), str)
                 t.add_argument(flag, dest=name, type=scalar)
+
+
+def _run_parsers(sub: Any, eval_sub: Any) -> None:
+    p = sub.add_parser("run", help="a whole pipeline from a recipe: generate, judge, train, eval, report")
+    p.add_argument("recipe", help="recipe YAML (bundled: quickstart, gpu-8b)")
+    p.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("report", help="write RUN/report/index.html with its plots")
+    r.add_argument("run", help="a `cai run` folder")
+    m = eval_sub.add_parser("model", help="harmlessness win-rate and over-refusal of a trained model vs its base")
+    m.add_argument("--trained", required=True)
+    m.add_argument("--base", help="the base model (default: the embedded one)")
+    m.add_argument("--out", dest="report_out", required=True, help="folder for results.json")
+    m.add_argument("--harmful-limit", type=int)
+    m.add_argument("--harmful-start", type=int)
+    m.add_argument("--benign-limit", type=int)
+    m.add_argument("--principles", dest="principles_per_pair", type=int)
+    m.add_argument("--max-new-tokens", type=int)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,6 +203,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.action == "model":
+        return cmd_eval_model(args)
     from cai.config import load_config
     from cai.engines import EngineConfig, create_engine
     from cai.judge import JudgeSettings
@@ -233,6 +260,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_model(args: argparse.Namespace) -> int:
+    from cai.model_eval import EvalConfig, evaluate_models
+
+    fields = {k: v for k, v in vars(args).items() if k in EvalConfig.model_fields and v is not None}
+    results = asyncio.run(evaluate_models(EvalConfig(**fields), args.report_out))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cai.pipeline import Pipeline, load_recipe
+
+    pipeline = Pipeline(load_recipe(args.recipe))
+    outcome = asyncio.run(pipeline.execute(progress=not args.no_progress))
+    for stage, what in outcome.items():
+        print(f"{stage}: {what}")
+    results = pipeline.run / "eval" / "results.json"
+    if results.exists():
+        data = json.loads(results.read_text())
+        print(f"harmlessness win-rate: {data['harmlessness']['win_rate']} (95% CI {data['harmlessness']['ci95']}); "
+              f"over-refusal base {data['over_refusal']['base']['refusal_rate']}, "
+              f"trained {data['over_refusal']['trained']['refusal_rate']}")
+    if (pipeline.run / "report" / "index.html").exists():
+        print(f"report: {pipeline.run / 'report' / 'index.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cai.report import write_report
+
+    print(write_report(args.run))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from cai.export import export_generate_run, export_judge_run
 
@@ -274,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _generate_parser(sub)
     _judge_parser(sub)
-    _eval_parser(sub)
+    eval_sub = _eval_parser(sub)
+    _run_parsers(sub, eval_sub)
     _train_parser(sub)
 
     p = sub.add_parser("export", help="write a run's datasets, JSONL files and dataset card")
@@ -299,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"generate": cmd_generate, "judge": cmd_judge, "eval": cmd_eval, "train": cmd_train, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
+COMMANDS = {"generate": cmd_generate, "judge": cmd_judge, "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "report": cmd_report, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,13 +82,14 @@ class GenerateConfig(BaseModel):
 
 # Fields that do not change what a sample's record holds; a resumed run may change them.
 _NOT_COMPAT = {"limit", "concurrency", "output_dir", "run_name", "max_failure_rate"}
-_ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "extra"}
+_ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "extra", "base_urls", "openai"}
 
 
 def compat_settings(config: BaseModel) -> dict[str, Any]:
     data = config.model_dump(mode="json", exclude=_NOT_COMPAT)  # as it reads back from the manifest
-    if "engine" in data:
-        data["engine"] = {k: v for k, v in data["engine"].items() if k not in _ENGINE_NOT_COMPAT}
+    for key in ("engine", "policy_engine"):
+        if data.get(key):
+            data[key] = {k: v for k, v in data[key].items() if k not in _ENGINE_NOT_COMPAT}
     return data
 
 

@@ -30,4 +30,15 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 .venv/bin/cai model prepare >/dev/null
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null; then
+  # The report test drives Debian's Chromium (no browser download: the machine may have no route to one).
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian's chromium for the report test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium is missing and cannot be installed without root; the report browser test will be skipped"
+  fi
+fi
 echo "setup: ready (.venv/bin/cai)"

@@ -124,3 +124,36 @@ def test_import_unknown_format(tmp_path):
     path.write_text(json.dumps({"foo": 1}))
     with pytest.raises(ConstitutionError, match="unknown format"):
         import_constitution(path)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
+yaml_values = st.recursive(yaml_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(
+        ["name", "version", "principles", "id", "critique_request", "revision_request", "weight", "tags",
+         "preference_principles", "question", "few_shot", "messages", "role", "content", "extra"]), inner,
+        max_size=5)), max_leaves=25)
+
+
+@settings(max_examples=200, deadline=None)
+@given(yaml_values)
+def test_any_data_loads_or_fails_with_one_clear_error(data):
+    try:
+        c = parse_constitution(data, "prop.yaml")
+    except ConstitutionError as e:
+        assert str(e).startswith("prop.yaml:")
+    else:
+        assert c.principles and len({p.id for p in c.principles}) == len(c.principles)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_file_loads_or_fails_with_one_clear_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("c") / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_constitution(path)
+    except ConstitutionError as e:
+        assert str(path) in str(e)

@@ -1,17 +1,14 @@
 """`cai generate` end to end on the real vLLM engine: datasets, resume, error records, SIGKILL."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 
 from cai.config import GenerateConfig
 from cai.generate import RunFailed, generate
 from cai.store import RunConflictError, read_jsonl
-from tests.conftest import TEST_ENGINE
+from tests.conftest import TEST_ENGINE, kill_after_records
 
 pytestmark = pytest.mark.engine
 
@@ -93,18 +90,7 @@ def test_sigkill_mid_run_then_rerun_completes_every_prompt_once(tmp_path, cai_cm
         "--max-model-len", str(TEST_ENGINE["max_model_len"]),
     ]
     records = tmp_path / "killed" / "records.jsonl"
-    proc = subprocess.Popen(command, env=subprocess_env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if records.exists() and len(records.read_bytes().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and vLLM's engine process, at once
-    finally:
-        proc.wait(timeout=60)
+    kill_after_records(command, records, 3, subprocess_env)
     done_before = len(list(read_jsonl(records)))
     assert 3 <= done_before < 12
 

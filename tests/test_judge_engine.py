@@ -3,10 +3,7 @@ invalid records, judge runs (three pair strategies), SIGKILL and resume, and `ca
 
 import json
 import math
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 
@@ -19,7 +16,7 @@ from cai.judge_eval import evaluate_judge
 from cai.judge_run import JudgeConfig, judge_run
 from cai.resources import data_dir
 from cai.store import read_jsonl
-from tests.conftest import TEST_ENGINE
+from tests.conftest import TEST_ENGINE, kill_after_records
 
 pytestmark = pytest.mark.engine
 PRINCIPLE = PreferencePrinciple(id="less-harmful", question="Which of these assistant responses is less harmful?")
@@ -182,18 +179,7 @@ def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env):
         "--max-model-len", str(TEST_ENGINE["max_model_len"]),
     ]
     records = tmp_path / "jk" / "records.jsonl"
-    proc = subprocess.Popen(command, env=subprocess_env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if records.exists() and len(records.read_bytes().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_after_records(command, records, 3, subprocess_env)
     before = len(list(read_jsonl(records)))
     rerun = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

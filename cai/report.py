@@ -1,0 +1,205 @@
+"""`cai report RUN`: a static HTML page (plots saved as PNG beside it) that shows what a `cai run` did.
+
+    cai report outputs/quickstart
+
+Sections: principle usage; how often revisions changed the text and how lengths moved; judge probabilities,
+position consistency and invalid rate; chosen vs rejected lengths; training curves; eval win-rate with its
+interval and over-refusal; a few example chains. Everything is local: no scripts or fonts from the network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cai.store import latest_by_id, read_jsonl
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=110)
+    _plt().close(fig)
+    return name
+
+
+def _records(path: Path) -> list[dict]:
+    return list(latest_by_id(list(read_jsonl(path))).values()) if path.exists() else []
+
+
+def generate_section(run: Path, folder: Path) -> tuple[str, list[str]]:
+    records = [r for r in _records(run / "generate" / "records.jsonl") if r["status"] == "ok"]
+    if not records:
+        return "", []
+    plt = _plt()
+    images = []
+    usage = Counter(p for r in records for p in r["principle_ids"])
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(usage))))
+    names = [n for n, _ in usage.most_common()][::-1]
+    ax.barh(names, [usage[n] for n in names], color="#4c72b0")
+    ax.set_xlabel("critiques using the principle")
+    ax.set_title("Principle usage")
+    images.append(_save(fig, folder, "principle_usage.png"))
+
+    initial = [len(r["initial"].split()) for r in records]
+    final = [len(r["final"].split()) for r in records]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist([initial, final], bins=15, label=["initial", "final revision"], color=["#dd8452", "#55a868"])
+    ax.set_xlabel("words")
+    ax.set_ylabel("samples")
+    ax.set_title("Response length before and after revision")
+    ax.legend()
+    images.append(_save(fig, folder, "revision_lengths.png"))
+    changed = sum(r["final"].strip() != r["initial"].strip() for r in records)
+    chains = "".join(_chain_html(r) for r in records[:3])
+    body = (f"<p>{len(records)} samples; the final revision differs from the initial response in {changed} "
+            f"({changed / len(records):.0%}). Mean length {sum(initial) / len(initial):.1f} words before, "
+            f"{sum(final) / len(final):.1f} after.</p>"
+            + "".join(f'<img src="{i}" alt="{i}">' for i in images)
+            + f"<h3>Example chains</h3>{chains}")
+    return _section("Critique and revision", body), images
+
+
+def _chain_html(record: dict) -> str:
+    parts = [f"<p><b>Prompt</b> ({html.escape(', '.join(record.get('tags', [])))}): "
+             f"{html.escape(record['prompt'][-1]['content'])}</p>"]
+    for turn in record["turns"]:
+        label = turn["stage"] if turn["stage"] == "initial" else f"{turn['stage']} (principle {turn['principle_id']})"
+        if turn.get("request"):
+            parts.append(f"<p class='req'><b>{html.escape(turn['stage'])} request</b>: "
+                         f"{html.escape(turn['request'])}</p>")
+        parts.append(f"<p><b>{html.escape(label)}</b>: {html.escape(turn['text'])}</p>")
+    return f"<div class='chain'>{''.join(parts)}</div>"
+
+
+def judge_section(run: Path, folder: Path) -> tuple[str, list[str]]:
+    records = _records(run / "judge" / "records.jsonl")
+    if not records:
+        return "", []
+    plt = _plt()
+    valid = [r for r in records if r["status"] == "ok"]
+    invalid = len(records) - len(valid)
+    images = []
+    fig, ax = plt.subplots(figsize=(7, 3))
+    p_chosen = [max(r["p_first"], 1 - r["p_first"]) for r in valid]
+    ax.hist(p_chosen, bins=10, range=(0.5, 1.0), color="#8172b3")
+    ax.set_xlabel("p_chosen (soft label)")
+    ax.set_ylabel("pairs")
+    ax.set_title("Judge confidence")
+    images.append(_save(fig, folder, "judge_p_chosen.png"))
+    fig, ax = plt.subplots(figsize=(7, 3))
+    chosen_len = [len((r["first"] if r["p_first"] >= 0.5 else r["second"]).split()) for r in valid]
+    rejected_len = [len((r["second"] if r["p_first"] >= 0.5 else r["first"]).split()) for r in valid]
+    ax.hist([chosen_len, rejected_len], bins=15, label=["chosen", "rejected"], color=["#55a868", "#c44e52"])
+    ax.set_xlabel("words")
+    ax.set_title("Chosen vs rejected length")
+    ax.legend()
+    images.append(_save(fig, folder, "chosen_rejected_lengths.png"))
+    consistency = [r["position_consistency"] for r in valid if r["position_consistency"] is not None]
+    mean_consistency = sum(consistency) / len(consistency) if consistency else float("nan")
+    revision_wins = sum((r["p_first"] >= 0.5) == (r["meta"].get("first") == "final") for r in valid)
+    body = (f"<p>{len(records)} pairs judged: {len(valid)} labelled, {invalid} invalid "
+            f"({invalid / len(records):.0%}). Mean position consistency {mean_consistency:.2f}. "
+            f"The revision was preferred in {revision_wins} of {len(valid)} pairs.</p>"
+            + "".join(f'<img src="{i}" alt="{i}">' for i in images))
+    return _section("AI judge", body), images
+
+
+def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
+    plt = _plt()
+    html_parts, images = [], []
+    for stage in ("sft", "dpo", "ppo"):
+        path = run / stage / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = [r for r in read_jsonl(path) if "loss" in r]
+        keys = [k for k in ("loss", "rewards/margins", "rewards/accuracies", "objective/kl") if any(k in r for r in rows)]
+        fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="#4c72b0")
+            ax.set_title(key)
+            ax.set_xlabel("step")
+        fig.suptitle(f"{stage} training")
+        images.append(_save(fig, folder, f"train_{stage}.png"))
+        html_parts.append(f'<img src="train_{stage}.png" alt="{stage} training curves">')
+    return (_section("Training", "".join(html_parts)) if html_parts else ""), images
+
+
+def eval_section(run: Path, folder: Path) -> tuple[str, list[str]]:
+    path = run / "eval" / "results.json"
+    if not path.exists():
+        return "", []
+    results = json.loads(path.read_text())
+    plt = _plt()
+    harm = results["harmlessness"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    if harm["win_rate"] is not None:
+        low, high = harm["ci95"]
+        left.bar(["trained vs base"], [harm["win_rate"]], yerr=[[harm["win_rate"] - low], [high - harm["win_rate"]]],
+                 color="#55a868", capsize=8)
+    left.axhline(0.5, color="grey", linestyle="--")
+    left.set_ylim(0, 1)
+    left.set_title("Harmlessness win-rate (95% CI)")
+    refusal = results["over_refusal"]
+    right.bar(["base", "trained"], [refusal[n]["refusal_rate"] or 0 for n in ("base", "trained")],
+              color=["#dd8452", "#4c72b0"])
+    right.set_ylim(0, 1)
+    right.set_title("Over-refusal on benign prompts")
+    image = _save(fig, folder, "eval.png")
+    lengths = results["mean_length_tokens"]
+    body = (f"<p>Win-rate {_fmt(harm['win_rate'])} (95% CI {_fmt(harm['ci95'][0])} to {_fmt(harm['ci95'][1])}) over "
+            f"{harm['valid']} judged prompts; hard win share {_fmt(harm['hard_win_share'])}. Over-refusal: base "
+            f"{_fmt(refusal['base']['refusal_rate'])}, trained {_fmt(refusal['trained']['refusal_rate'])}. "
+            f"Mean answer length: base {lengths['base']:.1f} tokens, trained {lengths['trained']:.1f}.</p>"
+            f'<img src="{image}" alt="eval results">')
+    return _section("Evaluation", body), [image]
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+
+
+STYLE = """body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
+img{max-width:100%;display:block;margin:1em 0;border:1px solid #eee}
+.chain{border-left:3px solid #8172b3;padding-left:1em;margin:1em 0}.req{color:#555;font-size:90%}
+section{margin-bottom:2.5em}"""
+# Counts images that loaded, so a browser test (or a person) can see at a glance that none is broken.
+SCRIPT = """window.addEventListener('load',function(){var ok=0,imgs=document.images;
+for(var i=0;i<imgs.length;i++){if(imgs[i].complete&&imgs[i].naturalWidth>0)ok++;}
+document.body.setAttribute('data-images-loaded',ok+'/'+imgs.length);});"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write `run_dir/report/index.html` and its PNG plots; returns the page's path."""
+    run = Path(run_dir)
+    folder = run / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for build in (generate_section, judge_section, training_section, eval_section):
+        text, _ = build(run, folder)
+        if text:
+            sections.append(text)
+    if not sections:
+        raise ValueError(f"{run} holds no cai stage output to report on")
+    title = f"cai report: {run.name}"
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"
+            f"<script>{SCRIPT}</script></body></html>")
+    (folder / "index.html").write_text(page, encoding="utf-8")
+    return folder / "index.html"

@@ -1,0 +1,91 @@
+"""`cai run` end to end on the real engine (the quickstart recipe at reduced size), `cai eval model`'s numbers,
+and the HTML report checked in headless Chromium."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cai.pipeline import Pipeline, Recipe, load_recipe
+from tests.conftest import TEST_ENGINE
+
+pytestmark = pytest.mark.engine
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def tiny_recipe(out: Path) -> Recipe:
+    recipe = load_recipe("quickstart").model_dump()
+    short = {"max_steps": 2, "batch_size": 2, "max_length": 96, "max_prompt_length": 48}
+    recipe.update(output_dir=str(out), name="tiny")
+    recipe["generate"].update(limit=4, few_shot=0, max_new_tokens={"initial": 24, "critique": 16, "revision": 24},
+                              engine=TEST_ENGINE)
+    recipe["judge"].update(principles_per_pair=1, engine=TEST_ENGINE)
+    recipe["sft"].update(short)
+    recipe["dpo"].update(short)
+    recipe["eval"].update(harmful_limit=4, benign_limit=4, principles_per_pair=1, max_new_tokens=24,
+                          engine=TEST_ENGINE, judge=TEST_ENGINE)
+    return Recipe(**recipe)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, engine, loop):
+    pipeline = Pipeline(tiny_recipe(tmp_path_factory.mktemp("pipeline")))
+    outcome = loop.run_until_complete(pipeline.execute(engine=engine, progress=False))
+    return pipeline, outcome
+
+
+def test_the_quickstart_recipe_runs_end_to_end(finished_run, engine, loop):
+    pipeline, outcome = finished_run
+    run = pipeline.run
+    assert list(outcome) == ["generate", "judge", "sft", "dpo", "eval", "report"]
+    assert all(v.startswith("done") for v in outcome.values())
+    assert len((run / "generate" / "export" / "sft.jsonl").read_text().splitlines()) == 4
+    assert (run / "sft" / "model.safetensors").is_file() and (run / "dpo" / "model.safetensors").is_file()
+    assert json.loads((run / "dpo" / "train_manifest.json").read_text())["config"]["model"] == str(run / "sft")
+    results = json.loads((run / "eval" / "results.json").read_text())
+    harm = results["harmlessness"]
+    assert harm["prompts"] == 4 and 1 <= harm["valid"] <= 4
+    assert 0 <= harm["ci95"][0] <= harm["win_rate"] <= harm["ci95"][1] <= 1
+    assert 0 <= harm["hard_win_share"] <= 1
+    for name in ("base", "trained"):
+        refusal = results["over_refusal"][name]
+        assert refusal["prompts"] == 4 and refusal["valid"] <= 4
+        assert refusal["refusal_rate"] is None or 0 <= refusal["refusal_rate"] <= 1
+        assert 1 <= results["mean_length_tokens"][name] <= 24
+    examples = json.loads((run / "eval" / "examples.json").read_text())
+    assert len(examples) == 4 and all(e["trained"] and e["base"] for e in examples)
+    assert results["trained"] == str(run / "dpo") and results["base"] == "default"
+
+    again = loop.run_until_complete(pipeline.execute(engine=engine, progress=False))
+    assert all(again[s] == "skipped (done)" for s in ("generate", "judge", "sft", "dpo", "eval"))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_report_renders_in_headless_chromium(finished_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    pipeline, _ = finished_run
+    page_path = pipeline.run / "report" / "index.html"
+    html = page_path.read_text()
+    assert "http://" not in html and "https://" not in html  # nothing fetched from the network
+    for name in ("principle_usage.png", "revision_lengths.png", "judge_p_chosen.png", "chosen_rejected_lengths.png",
+                 "train_sft.png", "train_dpo.png", "eval.png"):
+        assert (page_path.parent / name).stat().st_size > 1000, name
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(page_path.as_uri(), wait_until="load")
+        loaded = page.get_attribute("body", "data-images-loaded")
+        headings = page.locator("h2").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert problems == []
+    assert loaded == "7/7"
+    assert headings == ["Critique and revision", "AI judge", "Training", "Evaluation"]
+    assert (tmp_path / "report.png").stat().st_size > 10000
