@@ -23,7 +23,7 @@ from tests.fault_proxy import FaultProxy, free_port
 
 pytestmark = pytest.mark.engine
 FAST_RETRIES = {"max_retries": 4, "backoff_base_s": 0.05, "backoff_max_s": 0.2, "failure_threshold": 2,
-                "cooldown_s": 30.0, "timeout_s": 60.0}
+                "cooldown_s": 0.5, "max_cooldown_s": 1.0, "timeout_s": 60.0}
 
 
 def openai_config(*urls, **openai):
@@ -92,14 +92,15 @@ def test_a_failing_server_leaves_the_rotation_and_comes_back(vllm_server, loop):
     async def run():
         bad = await FaultProxy(vllm_server, default="500").start()
         good = await FaultProxy(vllm_server).start()
-        remote = create_engine(openai_config(bad.url, good.url, failure_threshold=2, cooldown_s=1.5))
+        remote = create_engine(openai_config(bad.url, good.url, failure_threshold=2, cooldown_s=5.0,
+                                            max_cooldown_s=30.0))
         try:
             for _ in range(6):
                 await asyncio.wait_for(remote.generate([{"role": "user", "content": "Hi"}], Sampling(max_tokens=2)), 60)
             out_of_rotation = remote.servers[0].down_until > time.monotonic()
             first_phase = (len(bad.seen), len(good.seen))
             bad.default = None  # the server recovers
-            await asyncio.sleep(1.6)
+            await asyncio.sleep(5.1)
             for _ in range(4):
                 await asyncio.wait_for(remote.generate([{"role": "user", "content": "Hi"}], Sampling(max_tokens=2)), 60)
             return out_of_rotation, first_phase, len(bad.seen), remote.servers[0].ok

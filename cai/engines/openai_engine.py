@@ -53,6 +53,7 @@ class Server:
     cooldown: float = 0.0
     ok: int = 0
     failed: int = 0
+    last_picked: float = 0.0
 
     def available(self, now: float) -> bool:
         return self.down_until <= now
@@ -101,11 +102,15 @@ class OpenAIEngine(Engine):
                 "max_concurrency_per_server": self.settings.max_concurrency_per_server}
 
     def _pick(self) -> tuple[Server | None, float]:
-        """The available server with the fewest requests in flight, or how long until one is back."""
+        """The available server with the fewest requests outstanding (the least recently picked among equals, so
+        sequential requests take turns and a server back from its cool-down gets its trial), or how long until one
+        is back."""
         now = time.monotonic()
         ready = [s for s in self.servers if s.available(now)]
         if ready:
-            return min(ready, key=lambda s: (s.in_flight, s.consecutive_failures)), 0.0
+            server = min(ready, key=lambda s: (s.in_flight, s.last_picked))
+            server.last_picked = now
+            return server, 0.0
         return None, min(s.down_until for s in self.servers) - now
 
     def _failed(self, server: Server, reason: str) -> None:
