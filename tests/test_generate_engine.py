@@ -1,7 +1,6 @@
 """`cai generate` end to end on the real vLLM engine: datasets, resume, error records, SIGKILL."""
 
 import json
-import subprocess
 
 import pytest
 
@@ -82,7 +81,7 @@ def test_bad_rows_and_too_long_prompts_become_error_records(tmp_path, engine, lo
     assert len(list(read_jsonl(tmp_path / "r2" / "records.jsonl"))) == 4  # kept on disk all the same
 
 
-def test_sigkill_mid_run_then_rerun_completes_every_prompt_once(tmp_path, cai_cmd, subprocess_env):
+def test_sigkill_mid_run_then_rerun_completes_every_prompt_once(tmp_path, cai_cmd, subprocess_env, engine, loop):
     command = cai_cmd + [
         "generate", "--limit", "12", "--rounds", "1", "--few-shot", "0", "--max-new-tokens", "24",
         "--concurrency", "3", "--output-dir", str(tmp_path), "--run-name", "killed", "--no-progress",
@@ -94,9 +93,11 @@ def test_sigkill_mid_run_then_rerun_completes_every_prompt_once(tmp_path, cai_cm
     done_before = len(list(read_jsonl(records)))
     assert 3 <= done_before < 12
 
-    rerun = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{done_before} already done" in rerun.stdout
+    # the same settings in-process (on the session's engine, to save a second engine start) resume the run
+    same = GenerateConfig(limit=12, rounds=1, few_shot=0, max_new_tokens={"initial": 24, "critique": 24, "revision": 24},
+                          concurrency=3, output_dir=str(tmp_path), run_name="killed", engine=TEST_ENGINE)
+    summary = loop.run_until_complete(generate(same, engine=engine, progress=False))
+    assert summary.skipped == done_before and summary.ok == 12 - done_before
     lines = records.read_bytes().splitlines()
     parsed = [json.loads(line) for line in lines]  # every line is whole
     ids = [r["id"] for r in parsed]

@@ -3,7 +3,6 @@ invalid records, judge runs (three pair strategies), SIGKILL and resume, and `ca
 
 import json
 import math
-import subprocess
 
 import pytest
 
@@ -171,7 +170,7 @@ def test_eval_judge_on_the_shipped_set(engine, loop):
     assert 0 <= full["position_consistency"] <= 1
 
 
-def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env):
+def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env, engine, loop):
     command = cai_cmd + [
         "judge", str(data_dir("prompts") / "judge-eval.jsonl"), "--strategy", "file", "--limit", "12",
         "--principles", "1", "--concurrency", "2", "--output-dir", str(tmp_path), "--run-name", "jk",
@@ -181,8 +180,9 @@ def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env):
     records = tmp_path / "jk" / "records.jsonl"
     kill_after_records(command, records, 3, subprocess_env)
     before = len(list(read_jsonl(records)))
-    rerun = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"({before} already done" in rerun.stdout
+    same = JudgeConfig(source=str(data_dir("prompts") / "judge-eval.jsonl"), strategy="file", limit=12,
+                       principles_per_pair=1, concurrency=2, output_dir=str(tmp_path), run_name="jk", engine=TEST_ENGINE)
+    summary = loop.run_until_complete(judge_run(same, engine=engine, progress=False))  # resumes on the session engine
+    assert summary.skipped == before and summary.ok + summary.errors == 12 - before
     ids = [json.loads(line)["id"] for line in records.read_bytes().splitlines()]
     assert len(ids) == len(set(ids)) == 12
