@@ -109,9 +109,10 @@ def stop_server(proc) -> None:
     proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server():
-    """Base URL of a real `vllm serve` on loopback, shared by the session."""
+    """Base URL of a real `vllm serve` on loopback, shared by a test module and stopped after it (so its memory
+    is free for the engines of later modules)."""
     from tests.fault_proxy import free_port
 
     port = free_port()
