@@ -11,6 +11,7 @@ reasoning has no answer, is invalid and never becomes a label.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -199,8 +200,6 @@ async def judge_pair(engine: Engine, conversation: Messages, first: str, second:
                      option_ids: dict[str, set[int]] | None = None,
                      examples: Messages = ()) -> tuple[list[Judgement], PairLabel]:
     """Every (principle, order) comparison of one pair, submitted together, and their aggregate."""
-    import asyncio
-
     jobs = [judge_once(engine, conversation, first, second, p, order, settings, option_ids, examples)
             for p in principles for order in ("AB", "BA")]
     judgements = list(await asyncio.gather(*jobs))

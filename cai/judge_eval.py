@@ -11,6 +11,7 @@ Each reports accuracy, position consistency, Brier score, expected calibration e
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -84,8 +85,6 @@ def views(judgements_per_pair: list[list[Judgement]], seed: int = 0) -> dict[str
 async def evaluate_judge(engine: Engine, path: str, principles_per_pair: int = 4, constitution: str = "harmless",
                          settings: JudgeSettings | None = None, seed: int = 0, limit: int | None = None,
                          judge_few_shot: int = 0) -> dict[str, Any]:
-    import asyncio
-
     settings = settings or JudgeSettings()
     c = load_constitution(constitution)
     pairs, problems = pairs_from_file(path, limit)

@@ -12,6 +12,7 @@ TRL's conversational preference format (`prompt`, `chosen`, `rejected`, plus `p_
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import time
@@ -238,8 +239,6 @@ async def _sampled_jobs(run: JudgeRun, policy: Engine, done: set[str]) -> list:
     run.summary.total = len(items) * per_prompt
 
     async def one(item: PromptItem, index: int) -> None:
-        import asyncio
-
         responses = stored.get(item.id)
         if responses is None:
             try:
