@@ -45,6 +45,13 @@ class RunSummary:
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
+    def check_failure_rate(self, limit: float, what: str, records: Path, details: str = "") -> None:
+        """Raise `RunFailed` when more than `limit` of the attempted items failed (what completed stays on disk)."""
+        attempted = self.ok + self.errors
+        if attempted and self.errors / attempted > limit:
+            raise RunFailed(f"{self.errors} of {attempted} {what} (more than max_failure_rate={limit}); "
+                            f"see {records}{details}")
+
     def text(self) -> str:
         lines = [
             f"run: {self.run_dir}",
@@ -185,8 +192,5 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
     from cai.export import export_generate_run
 
     export_generate_run(store.path)
-    attempted = summary.ok + summary.errors
-    if attempted and summary.errors / attempted > config.max_failure_rate:
-        raise RunFailed(f"{summary.errors} of {attempted} samples failed (more than max_failure_rate="
-                        f"{config.max_failure_rate}); see {store.records_path}\n{summary.text()}")
+    summary.check_failure_rate(config.max_failure_rate, "samples failed", store.records_path, "\n" + summary.text())
     return summary

@@ -219,10 +219,7 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     from cai.export import export_judge_run
 
     export_judge_run(store.path)
-    attempted = summary.ok + summary.errors
-    if attempted and summary.errors / attempted > config.max_failure_rate:
-        raise RunFailed(f"{summary.errors} of {attempted} pairs failed or were invalid (more than "
-                        f"max_failure_rate={config.max_failure_rate}); see {store.records_path}")
+    summary.check_failure_rate(config.max_failure_rate, "pairs failed or were invalid", store.records_path)
     return summary
 
 

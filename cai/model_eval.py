@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution import load_constitution
-from cai.engines import Engine, EngineConfig, Sampling, create_engine
+from cai.engines import Engine, EngineConfig, Sampling, create_engine, is_embedded_default
 from cai.inputs import PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_pair, option_token_ids, score_options
 from cai.templating import render
@@ -152,7 +152,7 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
 
 
 def _engine(config: EngineConfig, shared: Engine | None) -> tuple[Engine, bool]:
-    if shared is not None and config.backend == "vllm" and config.model in (None, "default"):
+    if shared is not None and is_embedded_default(config):
         return shared, False
     return create_engine(config), True
 

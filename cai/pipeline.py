@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.config import ConfigError, GenerateConfig, settings_hash
-from cai.engines import Engine
+from cai.engines import Engine, is_embedded_default
 from cai.judge_run import JudgeConfig
 from cai.model_eval import EvalConfig
 from cai.store import check_run_name, write_json_atomic
@@ -134,7 +134,7 @@ class Pipeline:
             from cai.engines import EngineConfig, create_engine
 
             settings = EngineConfig(**self.recipe.generate.get("engine", {}))
-            if settings.backend == "vllm" and settings.model is None:
+            if is_embedded_default(settings):
                 engine = owned = create_engine(settings)
         outcome = {s: "skipped (done)" for s in self.recipe.stages if s not in pending}
         try:
@@ -152,9 +152,7 @@ class Pipeline:
 
 def _share(engine: Engine | None, config) -> Engine | None:
     """Use the caller's engine for a stage that asks for the embedded default on vLLM."""
-    if engine is not None and config.backend == "vllm" and config.model in (None, "default"):
-        return engine
-    return None
+    return engine if is_embedded_default(config) else None
 
 
 def load_recipe(path: str | Path) -> Recipe:

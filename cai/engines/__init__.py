@@ -76,6 +76,11 @@ class EngineConfig(BaseModel):
     """Any other vLLM engine argument, passed through as is."""
 
 
+def is_embedded_default(config: EngineConfig) -> bool:
+    """The in-process vLLM engine on the embedded model: the one engine a pipeline's stages can share."""
+    return config.backend == "vllm" and config.model in (None, "default")
+
+
 def create_engine(config: EngineConfig) -> Engine:
     if config.backend == "openai" or (config.model or "").startswith("openai/"):
         from cai.engines.openai_engine import OpenAIEngine
@@ -92,5 +97,5 @@ def create_engine(config: EngineConfig) -> Engine:
 
 __all__ = [
     "Completion", "Engine", "EngineConfig", "OpenAISettings", "EngineDeadError", "EngineError", "Messages", "PromptTooLongError",
-    "RequestError", "Sampling", "TokenLogprob", "create_engine",
+    "RequestError", "Sampling", "TokenLogprob", "create_engine", "is_embedded_default",
 ]
