@@ -30,10 +30,10 @@ def pairs_file(n: int, folder: Path) -> Path:
 
 
 def run_cai(args, data: Path, out: Path) -> dict:
-    from cai.train.config import TrainConfig
+    from cai.train.config import DPOConfig
     from cai.train.dpo import prepare_dpo
 
-    config = TrainConfig(data=str(data), out=str(out), batch_size=args.batch_size, max_steps=args.steps,
+    config = DPOConfig(data=str(data), out=str(out), batch_size=args.batch_size, max_steps=args.steps,
                          learning_rate=1e-5, beta=0.1, max_length=256, max_prompt_length=128, reference="copy",
                          progress=False)
     trainer = prepare_dpo(config)

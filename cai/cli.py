@@ -117,15 +117,17 @@ def _train_parser(sub: Any) -> None:
     """Options generated from TrainConfig's fields, so the CLI and the config file always agree."""
     import typing
 
-    from cai.train.config import TrainConfig
+    from cai.train.config import CONFIGS
 
-    p = sub.add_parser("train", help="train on cai data: sft or dpo (bundled trainer)")
+    p = sub.add_parser("train", help="train on cai data: sft, dpo, rm or ppo (bundled trainer)")
     tsub = p.add_subparsers(dest="action", required=True)
     for task, text in (("sft", "supervised fine-tuning on `messages`"),
-                       ("dpo", "preference optimisation (sigmoid, ipo or soft labels)")):
+                       ("dpo", "preference optimisation (sigmoid, ipo or soft labels)"),
+                       ("rm", "a reward model on preference pairs (Bradley-Terry, soft labels)"),
+                       ("ppo", "PPO of a policy against a reward model, KL-penalised to a reference")):
         t = tsub.add_parser(task, help=text)
         t.add_argument("--config", help="YAML file of settings; options given here override it")
-        for name, field in TrainConfig.model_fields.items():
+        for name, field in CONFIGS[task].model_fields.items():
             flag = "--" + name.replace("_", "-")
             kind = field.annotation
             origin, args = typing.get_origin(kind), typing.get_args(kind)
@@ -252,11 +254,20 @@ def format_judge_report(report: dict[str, Any]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cai.config import load_config
-    from cai.train import TrainConfig, run_training
+    from cai.train import CONFIGS, run_training
 
-    config = load_config(TrainConfig, args.config, _overrides(args))
+    config = load_config(CONFIGS[args.action], args.config, _overrides(args))
     final = run_training(args.action, config)
     print(json.dumps({"out": config.out, **{k: round(v, 6) if isinstance(v, float) else v for k, v in final.items()}}))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from cai.train.reward import score_file
+
+    summary = score_file(args.reward_model, args.data, args.score_out, args.batch_size, args.max_length, args.split,
+                         args.trust_remote_code)
+    print(json.dumps(summary))
     return 0
 
 
@@ -339,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parsers(sub, eval_sub)
     _train_parser(sub)
 
+    p = sub.add_parser("score", help="score (prompt, response) rows with a reward model from `cai train rm`")
+    p.add_argument("--reward-model", required=True, help="a `cai train rm` folder")
+    p.add_argument("--data", required=True, help="rows with prompt + response, prompt + chosen + rejected, or messages")
+    p.add_argument("--out", dest="score_out", required=True, help="JSONL: each row with its score(s)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--split", default="train")
+    p.add_argument("--trust-remote-code", action="store_true")
+
     p = sub.add_parser("export", help="write a run's datasets, JSONL files and dataset card")
     p.add_argument("run", help="run folder, e.g. outputs/<run>")
 
@@ -361,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"generate": cmd_generate, "judge": cmd_judge, "eval": cmd_eval, "train": cmd_train, "run": cmd_run, "report": cmd_report, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
+COMMANDS = {"generate": cmd_generate, "judge": cmd_judge, "eval": cmd_eval, "train": cmd_train, "score": cmd_score, "run": cmd_run, "report": cmd_report, "export": cmd_export, "constitution": cmd_constitution, "model": cmd_model}
 
 
 def main(argv: list[str] | None = None) -> int:

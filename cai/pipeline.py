@@ -49,7 +49,7 @@ class Pipeline:
     """The stage configs of a recipe, fully built and validated before anything runs."""
 
     def __init__(self, recipe: Recipe):
-        from cai.train.config import TrainConfig
+        from cai.train.config import DPOConfig, TrainConfig
 
         self.recipe = recipe
         self.run = Path(recipe.output_dir) / check_run_name(recipe.name)
@@ -69,7 +69,7 @@ class Pipeline:
                                                      "data": str(self.run / "generate"), "out": str(self.run / "sft")})
                 trained = str(self.run / "sft")
             if "dpo" in recipe.stages:
-                self.configs["dpo"] = TrainConfig(**{"model": trained, **recipe.dpo,
+                self.configs["dpo"] = DPOConfig(**{"model": trained, **recipe.dpo,
                                                      "data": str(self.run / "judge"), "out": str(self.run / "dpo")})
                 trained = str(self.run / "dpo")
             if "eval" in recipe.stages:

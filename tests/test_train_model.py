@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cai.resources import data_dir
-from cai.train.config import TrainConfig
+from cai.train.config import DPOConfig, TrainConfig
 from cai.train.data import DataError
 from cai.train.dpo import collate_pairs, prepare_dpo
 from cai.train.sft import prepare_sft
@@ -49,7 +49,7 @@ def evaluate_pairs(trainer):
 
 
 def test_dpo_steps_raise_accuracy_and_margins_on_their_pairs(pairs_file, tmp_path):
-    config = TrainConfig(data=str(pairs_file), out=str(tmp_path / "dpo"), batch_size=4, max_steps=6,
+    config = DPOConfig(data=str(pairs_file), out=str(tmp_path / "dpo"), batch_size=4, max_steps=6,
                          learning_rate=5e-5, beta=0.1, **SHORT)
     trainer = prepare_dpo(config)
     trainer.eval_examples = trainer.train_examples
@@ -72,7 +72,7 @@ def test_dpo_steps_raise_accuracy_and_margins_on_their_pairs(pairs_file, tmp_pat
 
 
 def test_soft_loss_at_one_half_has_no_gradient(pairs_file, tmp_path):
-    config = TrainConfig(data=str(pairs_file), out=str(tmp_path / "soft"), batch_size=4, max_steps=1,
+    config = DPOConfig(data=str(pairs_file), out=str(tmp_path / "soft"), batch_size=4, max_steps=1,
                          loss_type="soft", reference="copy", **SHORT)
     trainer = prepare_dpo(config)
     batch = collate_pairs(trainer.train_examples[:4], trainer.tokenizer.pad_token_id)
@@ -100,7 +100,7 @@ def test_sft_lowers_the_loss_on_its_data(sft_file, tmp_path):
 
 
 def test_lora_changes_only_the_adapter_and_merging_keeps_outputs(pairs_file, tmp_path):
-    config = TrainConfig(data=str(pairs_file), out=str(tmp_path / "lora"), batch_size=4, max_steps=2,
+    config = DPOConfig(data=str(pairs_file), out=str(tmp_path / "lora"), batch_size=4, max_steps=2,
                          learning_rate=1e-3, lora=True, lora_r=4, merge_lora=True, **SHORT)
     trainer = prepare_dpo(config)
     assert config.reference_mode == "adapter"
@@ -124,26 +124,26 @@ def test_bad_input_is_refused_before_training(tmp_path, pairs_file, sft_file):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError):
-        prepare_dpo(TrainConfig(data=str(empty), out=str(tmp_path / "x"), **SHORT))
+        prepare_dpo(DPOConfig(data=str(empty), out=str(tmp_path / "x"), **SHORT))
     no_cols = tmp_path / "cols.jsonl"
     no_cols.write_text(json.dumps({"prompt": "hi", "chosen": "a"}) + "\n")
     with pytest.raises(DataError, match="missing column"):
-        prepare_dpo(TrainConfig(data=str(no_cols), out=str(tmp_path / "x"), **SHORT))
+        prepare_dpo(DPOConfig(data=str(no_cols), out=str(tmp_path / "x"), **SHORT))
     with pytest.raises(DataError, match="p_chosen"):
         no_p = tmp_path / "nop.jsonl"
         no_p.write_text(json.dumps({"prompt": "hi", "chosen": "a", "rejected": "b"}) + "\n")
-        prepare_dpo(TrainConfig(data=str(no_p), out=str(tmp_path / "x"), loss_type="soft", **SHORT))
+        prepare_dpo(DPOConfig(data=str(no_p), out=str(tmp_path / "x"), loss_type="soft", **SHORT))
     same_start = tmp_path / "same.jsonl"
     same_start.write_text(json.dumps({"prompt": "Is it safe?", "chosen": "Sure, the short answer is yes.",
                                       "rejected": "Sure, the short answer is no."}) + "\n")
     with pytest.raises(DataError, match="truncated away"):  # cut to 3 response tokens, both say "Sure, the"
-        prepare_dpo(TrainConfig(data=str(same_start), out=str(tmp_path / "x"), max_length=40, max_prompt_length=37,
+        prepare_dpo(DPOConfig(data=str(same_start), out=str(tmp_path / "x"), max_length=40, max_prompt_length=37,
                                 progress=False))
     with pytest.raises(DataError, match="lost their assistant tokens"):
         prepare_sft(TrainConfig(data=str(sft_file), out=str(tmp_path / "x"), max_length=16, max_prompt_length=8,
                                 progress=False))
     with pytest.raises(ValueError, match="cannot load model"):
-        prepare_dpo(TrainConfig(data=str(pairs_file), out=str(tmp_path / "x"), model=str(tmp_path), **SHORT))
+        prepare_dpo(DPOConfig(data=str(pairs_file), out=str(tmp_path / "x"), model=str(tmp_path), **SHORT))
 
 
 def _params(folder: Path) -> dict[str, torch.Tensor]:
@@ -184,7 +184,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(pairs_file, tmp_path):
 def test_a_trained_model_runs_in_the_vllm_engine(pairs_file, tmp_path, loop):
     from cai.engines import EngineConfig, Sampling, create_engine
 
-    config = TrainConfig(data=str(pairs_file), out=str(tmp_path / "m"), batch_size=4, max_steps=1, **SHORT)
+    config = DPOConfig(data=str(pairs_file), out=str(tmp_path / "m"), batch_size=4, max_steps=1, **SHORT)
     prepare_dpo(config).train()
 
     async def run():

@@ -1,13 +1,16 @@
-"""The bundled trainer: SFT and DPO (sigmoid, IPO, soft labels) on torch + transformers + accelerate + peft.
+"""The bundled trainer: SFT, DPO (sigmoid, IPO, soft labels), a reward model and PPO against it, on torch +
+transformers + accelerate + peft.
 
     cai train sft --data outputs/quickstart --out outputs/sft
     cai train dpo --data outputs/<judge-run> --out outputs/dpo --loss-type soft
+    cai train rm  --data outputs/<judge-run> --out outputs/rm
+    cai train ppo --model outputs/sft --reward-model outputs/rm --data red-team --out outputs/ppo
     accelerate launch -m cai train dpo ...        # several GPUs or nodes
 """
 
 from __future__ import annotations
 
-from cai.train.config import TrainConfig
+from cai.train.config import CONFIGS, DPOConfig, PPOConfig, RewardConfig, TrainConfig
 
 
 def run_training(task: str, config: TrainConfig) -> dict[str, float]:
@@ -16,9 +19,15 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
         from cai.train.sft import prepare_sft as prepare
     elif task == "dpo":
         from cai.train.dpo import prepare_dpo as prepare
+    elif task == "rm":
+        from cai.train.reward import prepare_reward as prepare
+    elif task == "ppo":
+        from cai.train.ppo import prepare_ppo as prepare
     else:
         raise ValueError(f"unknown training task {task!r}")
+    if not isinstance(config, CONFIGS[task]):
+        raise TypeError(f"`cai train {task}` needs a {CONFIGS[task].__name__}, got {type(config).__name__}")
     return prepare(config).train()
 
 
-__all__ = ["TrainConfig", "run_training"]
+__all__ = ["CONFIGS", "DPOConfig", "PPOConfig", "RewardConfig", "TrainConfig", "run_training"]

@@ -1,5 +1,5 @@
-"""Settings of `cai train sft|dpo`: one pydantic model, each field with its help, loaded like the rest of cai
-(`--config FILE` plus CLI overrides)."""
+"""Settings of `cai train sft|dpo|rm|ppo`: pydantic models, each field with its help, loaded like the rest of
+cai (`--config FILE` plus CLI overrides). `TrainConfig` holds what every task shares; each task adds its own."""
 
 from __future__ import annotations
 
@@ -57,7 +57,14 @@ class TrainConfig(BaseModel):
     trust_remote_code: bool = False
     progress: bool = True
 
-    # preference optimisation
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+
+class DPOConfig(TrainConfig):
     beta: float = Field(default=0.1, gt=0)
     loss_type: Literal["sigmoid", "ipo", "soft"] = "sigmoid"
     """`soft` uses each pair's p_chosen as its target probability."""
@@ -67,11 +74,9 @@ class TrainConfig(BaseModel):
     `auto`: adapter with LoRA, else precompute."""
 
     @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
+    def _check_reference(self) -> DPOConfig:
         if self.reference == "adapter" and not self.lora:
             raise ValueError("reference 'adapter' needs lora: true")
-        if self.max_prompt_length >= self.max_length:
-            raise ValueError("max_prompt_length must be smaller than max_length")
         return self
 
     @property
@@ -79,3 +84,76 @@ class TrainConfig(BaseModel):
         if self.reference != "auto":
             return self.reference
         return "adapter" if self.lora else "precompute"
+
+
+class RewardConfig(TrainConfig):
+    learning_rate: float = Field(default=1e-5, gt=0)
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1)
+    soft_labels: bool = True
+    """Use each pair's p_chosen (when the data has it) as the Bradley-Terry target instead of 1."""
+    use_margin: bool = True
+    """Subtract a `margin` column (when the data has it) from the reward difference, as in Llama 2."""
+    center_rewards_coefficient: float = Field(default=0.0, ge=0)
+    """Weight of a penalty on (r_chosen + r_rejected)^2 that keeps rewards centred on zero."""
+
+
+class PPOConfig(TrainConfig):
+    reward_model: str
+    """A `cai train rm` output folder (or any sequence-classification checkpoint with one label)."""
+    data: str = "red-team"
+    """Prompts: a bundled prompt set name, a prompt file or dataset (as for `cai generate`)."""
+    learning_rate: float = Field(default=1e-6, gt=0)
+    eval_fraction: float = Field(default=0.1, ge=0, lt=1)
+    limit: int | None = Field(default=None, ge=1)
+    """Use the first N prompts only."""
+    rollout_batch_size: int = Field(default=8, ge=1)
+    """Prompts per PPO iteration per process; one response each. A multiple of batch_size x accumulation."""
+    ppo_epochs: int = Field(default=4, ge=1)
+    """Passes over each batch of rollouts."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.7, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    kl_coef: float = Field(default=0.05, ge=0)
+    """Per-token KL penalty against the reference (the starting value when adaptive)."""
+    target_kl: float | None = Field(default=None, gt=0)
+    """Adapt kl_coef toward this KL (summed over a response, in nats), Ziegler et al.'s controller."""
+    kl_horizon: int = Field(default=10000, ge=1)
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    cliprange: float = Field(default=0.2, gt=0)
+    cliprange_value: float = Field(default=0.2, gt=0)
+    vf_coef: float = Field(default=0.1, ge=0)
+    whiten_advantages: bool = True
+    value_model: Literal["head", "separate"] = "head"
+    """`head`: a linear value head on the policy's last hidden state (one forward pass for both);
+    `separate`: a critic initialised from the reward model (more memory, no shared features)."""
+    missing_eos_penalty: float | None = None
+    """Subtract this from the score of responses that hit max_new_tokens without ending."""
+    reference: Literal["auto", "copy", "adapter"] = "auto"
+    """`auto`: the LoRA base with the adapter off when training LoRA, else a frozen copy."""
+    eval_prompts: int = Field(default=0, ge=0)
+    """Cap on held-out prompts scored at each evaluation (0: all)."""
+    eval_samples: int = Field(default=1, ge=1)
+    """Responses sampled per held-out prompt at each evaluation (more: less noisy means)."""
+
+    @model_validator(mode="after")
+    def _check_ppo(self) -> PPOConfig:
+        micro = self.batch_size * self.gradient_accumulation_steps
+        if self.rollout_batch_size % micro:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of batch_size x "
+                             f"gradient_accumulation_steps ({micro})")
+        if self.reference == "adapter" and not self.lora:
+            raise ValueError("reference 'adapter' needs lora: true")
+        if self.max_prompt_length + self.max_new_tokens > self.max_length:
+            raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
+                             f"must fit in max_length ({self.max_length})")
+        return self
+
+    @property
+    def reference_mode(self) -> str:
+        if self.reference != "auto":
+            return self.reference
+        return "adapter" if self.lora else "copy"
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {"sft": TrainConfig, "dpo": DPOConfig, "rm": RewardConfig, "ppo": PPOConfig}

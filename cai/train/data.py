@@ -29,7 +29,7 @@ def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[s
         name = {"generate": "sft.jsonl", "judge": "train.jsonl"}.get(run_kind)
         if name is None or not (path / "export" / name).is_file():
             raise DataError(f"{path}: a `cai {run_kind}` run without an export; run `cai export {path}` first")
-        if (kind == "sft") != (run_kind == "generate"):
+        if kind != "score" and (kind == "sft") != (run_kind == "generate"):
             raise DataError(f"{path} is a `cai {run_kind}` run; `cai train {kind}` needs "
                             f"{'a generate run (SFT data)' if kind == 'sft' else 'a judge run (preference pairs)'}")
         path = path / "export" / name

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from cai.train.config import TrainConfig
+from cai.train.config import DPOConfig
 from cai.train.data import IGNORE, DataError, Truncation, load_rows, tokenize_preferences
 from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer, pad
 from cai.train.losses import preference_loss, sequence_logps
@@ -65,7 +65,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def make_dpo_loss(config: TrainConfig, reference: torch.nn.Module | None) -> Callable:
+def make_dpo_loss(config: DPOConfig, reference: torch.nn.Module | None) -> Callable:
     def loss_fn(model, batch):
         chosen, rejected = pair_logps(model, batch)
         if "ref_chosen" in batch:
@@ -84,7 +84,7 @@ def make_dpo_loss(config: TrainConfig, reference: torch.nn.Module | None) -> Cal
     return loss_fn
 
 
-def prepare_dpo(config: TrainConfig) -> Trainer:
+def prepare_dpo(config: DPOConfig) -> Trainer:
     model, tokenizer, path = load_model_and_tokenizer(config, torch.float32)
     limits = Truncation(config.max_length, config.max_prompt_length)
     need_p = config.loss_type == "soft"

@@ -42,11 +42,11 @@ def load_model_and_tokenizer(config: TrainConfig, dtype: torch.dtype = torch.flo
     return model, tokenizer, path
 
 
-def add_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+                      target_modules=config.lora_target_modules, task_type=task_type)
     return get_peft_model(model, lora)
 
 
@@ -64,6 +64,22 @@ class MetricLog:
     def __init__(self, path: Path, accelerator: Any):
         self.path = path
         self.accelerator = accelerator
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step` (and a torn last line): a resumed run logs those steps again."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        partial.replace(self.path)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if self.accelerator.is_main_process:
@@ -94,15 +110,15 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         world = self.accelerator.num_processes
-        self.batches_per_epoch = len(batches(len(train), config.batch_size, config.seed, 0,
+        self.batches_per_epoch = len(batches(len(train), self.draw_size(), config.seed, 0,
                                              self.accelerator.process_index, world))
-        steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / config.gradient_accumulation_steps))
+        steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / self.draws_per_step()))
         self.total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
         from transformers import get_scheduler
 
-        scheduler = get_scheduler(config.lr_scheduler, optimizer,
-                                  num_warmup_steps=int(config.warmup_ratio * self.total_steps),
-                                  num_training_steps=self.total_steps)
+        updates = self.total_steps * self.updates_per_step()
+        scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * updates),
+                                  num_training_steps=updates)
         # The scheduler stays unprepared: it steps once per optimizer step here, on every process alike.
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
@@ -118,6 +134,26 @@ class Trainer:
                          "eval_examples": len(self.eval_examples), "total_steps": self.total_steps,
                          **(extra_manifest or {})}
 
+    # --- what a task may change ---------------------------------------------------------------------------------
+    def draw_size(self) -> int:
+        """Examples drawn from the data at a time."""
+        return self.config.batch_size
+
+    def draws_per_step(self) -> int:
+        """Draws per logged step (a step here is one optimizer update: the accumulated micro-batches)."""
+        return self.config.gradient_accumulation_steps
+
+    def updates_per_step(self) -> int:
+        """Optimizer updates (scheduler steps) per step."""
+        return 1
+
+    def extra_state(self) -> dict[str, Any]:
+        """Task state that checkpoints carry beyond model, optimizer, scheduler and RNG."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
     # --- checkpoints -------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
         folder = self.out / "checkpoints"
@@ -129,7 +165,8 @@ class Trainer:
         partial = folder.with_name(folder.name + ".partial")
         self.accelerator.save_state(str(partial))
         if self.accelerator.is_main_process:
-            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                     **self.extra_state()}
             (partial / "trainer_state.json").write_text(json.dumps(state))
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)  # a checkpoint is whole or absent
@@ -142,13 +179,16 @@ class Trainer:
         self.accelerator.load_state(str(found[-1]))
         state = json.loads((found[-1] / "trainer_state.json").read_text())
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.load_extra_state(state)
+        if self.accelerator.is_main_process:
+            self.log.truncate_after(self.step)
         self.accelerator.print(f"cai: resumed from {found[-1]} (step {self.step})")
         return True
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def _epoch_batches(self) -> Iterator[list[int]]:
         while True:
-            order = batches(len(self.train_examples), self.config.batch_size, self.config.seed, self.epoch,
+            order = batches(len(self.train_examples), self.draw_size(), self.config.seed, self.epoch,
                             self.accelerator.process_index, self.accelerator.num_processes)
             for i in range(self.batch_in_epoch, len(order)):
                 self.batch_in_epoch = i + 1
@@ -159,16 +199,22 @@ class Trainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def train(self) -> dict[str, float]:
+    def start(self) -> Any:
+        """Resume or start afresh, write the manifest; returns a progress bar or None."""
         config = self.config
-        if config.resume:
-            self.resume()
-        (self.out / "train_manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
-        bar = None
+        if not (config.resume and self.resume()) and self.accelerator.is_main_process:
+            self.log.truncate_after(-1)  # a fresh start: no rows from an earlier run in this folder
+        if self.accelerator.is_main_process:
+            (self.out / "train_manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
         if config.progress and self.accelerator.is_local_main_process:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+            return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        return None
+
+    def train(self) -> dict[str, float]:
+        config = self.config
+        bar = self.start()
         window: dict[str, list[float]] = {}
         tokens, started, last = 0, time.monotonic(), {}
         source = self._epoch_batches()

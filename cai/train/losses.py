@@ -59,3 +59,29 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     # gather - logsumexp gives the same numbers as log_softmax without materialising it over the vocabulary
     token_logps = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * mask).sum(-1)
+
+
+def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_chosen: torch.Tensor | None = None,
+                margin: torch.Tensor | None = None, center_coefficient: float = 0.0,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Bradley-Terry loss of a reward model, per example:
+        d = r_chosen - r_rejected - margin
+        -[p log sig(d) + (1 - p) log sig(-d)] + c (r_chosen + r_rejected)^2
+    with p the judge's p_chosen (1 without soft labels) and c the centring coefficient."""
+    d = r_chosen - r_rejected
+    if margin is not None:
+        d = d - margin
+    p = torch.ones_like(d) if p_chosen is None else p_chosen.to(d.dtype)
+    losses = -p * F.logsigmoid(d) - (1 - p) * F.logsigmoid(-d)
+    if center_coefficient:
+        losses = losses + center_coefficient * (r_chosen + r_rejected) ** 2
+    diff = (r_chosen - r_rejected).detach()
+    metrics = {
+        "rewards/chosen": r_chosen.detach(),
+        "rewards/rejected": r_rejected.detach(),
+        "rewards/margins": diff,
+        "rewards/accuracies": (diff > 0).float(),
+        "rewards/p_model": torch.sigmoid(diff),
+        "rewards/brier": (torch.sigmoid(diff) - p) ** 2,
+    }
+    return losses, metrics

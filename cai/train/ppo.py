@@ -1,0 +1,334 @@
+"""`cai train ppo`: PPO of a policy against a reward model, with a per-token KL penalty to a frozen reference
+(the RL stage of Constitutional AI, RL from AI feedback).
+
+    cai train ppo --model outputs/sft --reward-model outputs/rm --data red-team --out outputs/ppo
+
+Each step: sample one response per prompt (`rollouts.py`), score it with the reward model, compute per-token
+rewards (score on the last token, -kl_coef * (logp - ref_logp) on every token), GAE advantages and returns, then
+`ppo_epochs` passes of clipped policy and value updates in minibatches of batch_size x accumulation. Dropout is
+off throughout, so the first pass starts from ratio 1. The value function is a linear head on the policy's last
+hidden state (`--value-model head`) or a critic initialised from the reward model (`separate`). The maths is in
+`ppo_math.py`; the loop, checkpoints, resume and metrics are the shared trainer's (`loop.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from cai.train.config import PPOConfig
+from cai.train.data import DataError, _render
+from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer
+from cai.train.ppo_math import (KLController, entropy_from_logits, gae, masked_mean, policy_loss, token_rewards,
+                                value_loss, whiten)
+from cai.train.reward import RewardScorer, load_reward_model, token_scores
+from cai.train.rollouts import RolloutGenerator, TransformersRollouts, rollout_batch
+from cai.train.sft import split_eval
+
+
+class PolicyAndValue(torch.nn.Module):
+    """The trained parts in one module (one optimizer, one checkpoint): the policy, and a value head on its last
+    hidden state or a separate critic."""
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+        if critic is None:
+            hidden = policy.config.get_text_config().hidden_size
+            self.value_head = torch.nn.Linear(hidden, 1)
+            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
+            torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          output_hidden_states=self.critic is None, use_cache=False)
+        if self.critic is None:
+            hidden = out.hidden_states[-1]
+            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        else:
+            values = token_scores(self.critic, input_ids, attention_mask, position_ids)
+        return out.logits, values
+
+
+def response_logprobs(logits: torch.Tensor, batch: dict[str, torch.Tensor], temperature: float,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the response tokens under temperature-scaled logits (the distribution the rollouts
+    were sampled from), and those logits."""
+    context, length = int(batch["context"]), batch["response_ids"].shape[1]
+    logits = logits[:, context - 1: context - 1 + length].float() / temperature
+    tokens = batch["response_ids"].unsqueeze(-1)
+    return torch.gather(logits, 2, tokens).squeeze(-1) - logits.logsumexp(-1), logits
+
+
+def response_values(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """V(state before each response token)."""
+    context, length = int(batch["context"]), batch["response_ids"].shape[1]
+    return values[:, context - 1: context - 1 + length]
+
+
+def _rows(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v if k == "context" else v[index] for k, v in batch.items()}
+
+
+class PPOTrainer(Trainer):
+    def __init__(self, config: PPOConfig, model: PolicyAndValue, tokenizer: Any, prompts: list[dict],
+                 eval_prompts: list[dict], reference: torch.nn.Module | None, extra_manifest: dict):
+        super().__init__(config, model, tokenizer, prompts, lambda rows: rows, None, eval_prompts, extra_manifest)
+        device = self.accelerator.device
+        self.reference = reference.to(device) if reference is not None else None
+        self.scorer = RewardScorer(config.reward_model, config.batch_size, trust_remote_code=config.trust_remote_code,
+                                   device=device)
+        self.kl = KLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        self.episodes = 0
+        self.rollouts: RolloutGenerator = TransformersRollouts(self.unwrapped.policy, tokenizer,
+                                                               config.max_new_tokens, config.temperature,
+                                                               config.top_p)
+
+    @property
+    def unwrapped(self) -> PolicyAndValue:
+        return self.accelerator.unwrap_model(self.model)
+
+    def draw_size(self) -> int:
+        return self.config.rollout_batch_size
+
+    def draws_per_step(self) -> int:
+        return 1
+
+    def updates_per_step(self) -> int:
+        minibatch = self.config.batch_size * self.config.gradient_accumulation_steps
+        return self.config.ppo_epochs * (self.config.rollout_batch_size // minibatch)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"kl_coef": self.kl.value, "episodes": self.episodes}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl.value, self.episodes = state["kl_coef"], state["episodes"]
+
+    # --- one batch of rollouts -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        if self.reference is not None:
+            logits = self.reference(**inputs, use_cache=False).logits
+        else:
+            with self.unwrapped.policy.disable_adapter():
+                logits = self.unwrapped.policy(**inputs, use_cache=False).logits
+        return response_logprobs(logits, batch, self.config.temperature)[0]
+
+    @torch.no_grad()
+    def sample(self, examples: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Rollouts for `examples`: the batch, raw scores and scores after the missing-end penalty."""
+        prompt_ids = [e["prompt_ids"] for e in examples]
+        responses = self.rollouts.generate(prompt_ids)
+        batch = self._to_device(rollout_batch(prompt_ids, responses, self.tokenizer.pad_token_id))
+        texts = self.tokenizer.batch_decode(batch["response_ids"] * batch["response_mask"].long(),
+                                            skip_special_tokens=True)
+        raw = torch.tensor(self.scorer.score([e["messages"] for e in examples], texts), device=self.accelerator.device)
+        scores = raw.clone()
+        if self.config.missing_eos_penalty is not None:
+            ended = torch.tensor([r[-1] in self.rollouts.stop for r in responses], device=raw.device)
+            scores[~ended] -= self.config.missing_eos_penalty
+        return batch, raw, scores
+
+    def ppo_step(self, examples: list[dict]) -> dict[str, float]:
+        config = self.config
+        started = time.monotonic()
+        batch, raw_scores, scores = self.sample(examples)
+        mask = batch["response_mask"]
+        rollout_seconds = time.monotonic() - started
+        with torch.no_grad():
+            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+            old_logprobs, old_logits = response_logprobs(logits, batch, config.temperature)
+            old_values = response_values(values, batch) * mask
+            del logits, values, old_logits
+            ref_logprobs = self.reference_logprobs(batch)
+            rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl.value)
+            advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+            if config.whiten_advantages:
+                advantages = whiten(advantages, mask)
+        stats: dict[str, list[float]] = {}
+        n = len(examples)
+        minibatch = config.batch_size * config.gradient_accumulation_steps
+        for epoch in range(config.ppo_epochs):
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(
+                config.seed * 1_000_003 + self.step * 1000 + epoch)).to(mask.device)
+            for start in range(0, n, minibatch):
+                for micro in range(start, start + minibatch, config.batch_size):
+                    rows = order[micro: micro + config.batch_size]
+                    sub = _rows(batch, rows)
+                    with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                        logits, values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"])
+                        logprobs, scaled = response_logprobs(logits, sub, config.temperature)
+                        pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask[rows],
+                                                        config.cliprange)
+                        vf_loss, vf_stats = value_loss(response_values(values, sub), old_values[rows],
+                                                       returns[rows], mask[rows], config.cliprange_value)
+                        loss = pg_loss + config.vf_coef * vf_loss
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients:
+                            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+                            stats.setdefault("grad_norm", []).append(float(norm))
+                        self.optimizer.step()
+                        if self.accelerator.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    with torch.no_grad():
+                        entropy = masked_mean(entropy_from_logits(scaled), mask[rows])
+                    for name, value in {**pg_stats, **vf_stats, "policy/entropy": entropy, "loss/policy": pg_loss,
+                                        "val/loss": vf_loss, "loss/total": loss}.items():
+                        stats.setdefault(name, []).append(float(value.detach()))
+                    del logits, values, scaled, loss
+        kl_sum = kl.sum(1)
+        non_score = (-self.kl.value * kl).sum(1)
+        lengths = mask.sum(1)
+        result = {name: sum(v) / len(v) for name, v in stats.items()}
+        result.update({
+            "objective/kl": float(kl_sum.mean()),
+            "objective/kl_coef": self.kl.value,
+            "objective/entropy": float((-old_logprobs * mask).sum(1).mean()),
+            "objective/non_score_reward": float(non_score.mean()),
+            "objective/scores": float(raw_scores.mean()),
+            "objective/rlhf_reward": float((scores + non_score).mean()),
+            "val/returns": float(masked_mean(returns, mask)),
+            "response_length": float(lengths.float().mean()),
+            "eos_fraction": float(torch.tensor([bool(r) for r in self._ended(batch)]).float().mean()),
+            "time/rollout_s": rollout_seconds,
+            "time/step_s": time.monotonic() - started,
+        })
+        self.kl.update(float(kl_sum.mean()), n * self.accelerator.num_processes)
+        self.episodes += n * self.accelerator.num_processes
+        result["episodes"] = self.episodes
+        self.rollouts.sync_weights(self.unwrapped.policy)
+        return result
+
+    def _ended(self, batch: dict[str, torch.Tensor]) -> list[bool]:
+        lengths = batch["response_mask"].sum(1).long().tolist()
+        return [int(batch["response_ids"][i, n - 1]) in self.rollouts.stop for i, n in enumerate(lengths)]
+
+    # --- the loop ------------------------------------------------------------------------------------------------
+    def train(self) -> dict[str, float]:
+        config = self.config
+        bar = self.start()
+        self.model.eval()  # dropout off: the first update starts at ratio 1
+        last: dict[str, float] = {}
+        if self.step == 0 and self.eval_examples:
+            self.log.write(0, self.evaluate())
+        source = self._epoch_batches()
+        started, tokens = time.monotonic(), 0
+        while self.step < self.total_steps:
+            values = self.ppo_step([self.train_examples[i] for i in next(source)])
+            self.step += 1
+            tokens += int(values["response_length"] * config.rollout_batch_size)
+            if self.step % config.logging_steps == 0 or self.step == self.total_steps:
+                values.update({"learning_rate": self.scheduler.get_last_lr()[0], "epoch": self.epoch,
+                               "tokens": tokens, "tokens_per_s": tokens / max(time.monotonic() - started, 1e-9)})
+                self.log.write(self.step, values)
+                last = values
+                if bar is not None:
+                    bar.set_postfix_str(f"score {values['objective/scores']:.3f}, kl {values['objective/kl']:.3f}")
+            if bar is not None:
+                bar.update(1)
+            if config.eval_steps and self.eval_examples and self.step % config.eval_steps == 0 \
+                    and self.step < self.total_steps:
+                self.log.write(self.step, self.evaluate())
+            if config.save_steps and self.step % config.save_steps == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+        if bar is not None:
+            bar.close()
+        if self.eval_examples:
+            final = self.evaluate()
+            self.log.write(self.step, final)
+            last.update(final)
+        self.save_final()
+        self.accelerator.end_training()
+        return last
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out prompts, one response each, sampled with a fixed seed (the same draws at every evaluation):
+        mean score, KL to the reference summed over the response, and their combination."""
+        examples = [e for e in self.eval_examples[: self.config.eval_prompts or None]
+                    for _ in range(self.config.eval_samples)]
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        scores, kls, lengths = [], [], []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed + 7919)
+            for start in range(0, len(examples), self.config.rollout_batch_size):
+                chunk = examples[start: start + self.config.rollout_batch_size]
+                batch, raw, _ = self.sample(chunk)
+                logits, _ = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+                logprobs = response_logprobs(logits, batch, self.config.temperature)[0]
+                kl = ((logprobs - self.reference_logprobs(batch)) * batch["response_mask"]).sum(1)
+                scores += raw.tolist()
+                kls += kl.tolist()
+                lengths += batch["response_mask"].sum(1).tolist()
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        return {"eval/objective/scores": mean(scores), "eval/objective/kl": mean(kls),
+                "eval/objective/rlhf_reward": mean(scores) - self.kl.value * mean(kls),
+                "eval/response_length": mean(lengths), "eval/responses": float(len(examples))}
+
+    def save_final(self) -> None:
+        """The policy as a plain causal LM in `out` (LoRA merged when asked), the value function beside it in
+        `out/value/`."""
+        from safetensors.torch import save_file
+
+        self.accelerator.wait_for_everyone()
+        unwrapped = self.unwrapped
+        if self.accelerator.is_main_process:
+            policy = unwrapped.policy
+            if self.config.lora and self.config.merge_lora:
+                policy = copy.deepcopy(policy).merge_and_unload()
+            policy.save_pretrained(self.out, safe_serialization=True)
+            self.tokenizer.save_pretrained(self.out)
+            value_dir = self.out / "value"
+            value_dir.mkdir(exist_ok=True)
+            if unwrapped.critic is None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
+                          str(value_dir / "value_head.safetensors"))
+            else:
+                unwrapped.critic.save_pretrained(value_dir, safe_serialization=True)
+        self.accelerator.wait_for_everyone()
+
+
+def load_prompt_examples(source: str, tokenizer: Any, limit: int | None, max_prompt_length: int) -> list[dict]:
+    from cai.inputs import InputProblem, load_prompts
+
+    items = load_prompts(source, limit=limit)
+    problems = [item for item in items if isinstance(item, InputProblem)]
+    for problem in problems[:5]:
+        print(f"cai: skipping prompt {problem.id}: {problem.reason}")
+    examples = [{"id": item.id, "messages": item.messages,
+                 "prompt_ids": _render(tokenizer, item.messages, True)[-max_prompt_length:]}
+                for item in items if not isinstance(item, InputProblem)]
+    if not examples:
+        raise DataError(f"{source}: no usable prompts ({len(problems)} problem rows)")
+    return examples
+
+
+def prepare_ppo(config: PPOConfig) -> PPOTrainer:
+    from transformers import set_seed
+
+    set_seed(config.seed)  # the value head's initial weights
+    policy, tokenizer, path = load_model_and_tokenizer(config, torch.float32)
+    examples = load_prompt_examples(config.data, tokenizer, config.limit, config.max_prompt_length)
+    train, held_out = split_eval(examples, config.eval_fraction, config.seed)
+    if config.eval_data:
+        held_out = load_prompt_examples(config.eval_data, tokenizer, None, config.max_prompt_length)
+    if len(train) < config.rollout_batch_size:
+        raise DataError(f"{len(train)} training prompts, fewer than rollout_batch_size={config.rollout_batch_size}")
+    reference = None
+    if config.reference_mode == "copy":
+        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if config.lora:
+        policy = add_lora(policy, config)
+    critic = None
+    if config.value_model == "separate":
+        critic = load_reward_model(config.reward_model, config.trust_remote_code)[0]
+    return PPOTrainer(config, PolicyAndValue(policy, critic), tokenizer, train, held_out, reference,
+                      {"task": "ppo", "model_path": path, "reward_model": config.reward_model,
+                       "reference": config.reference_mode, "value_model": config.value_model,
+                       "prompts": len(train), "eval_prompts": len(held_out)})

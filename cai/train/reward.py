@@ -1,0 +1,232 @@
+"""`cai train rm` and `cai score`: a reward model (a one-output sequence-classification head on a causal LM) trained
+on prompt/chosen/rejected pairs with the Bradley-Terry loss, soft targets from the judge's `p_chosen`, and
+batched scoring of (prompt, response) pairs with it.
+
+    cai train rm --data outputs/<judge-run> --out outputs/rm
+    cai score --reward-model outputs/rm --data pairs.jsonl --out scored.jsonl
+
+The saved folder is a plain `AutoModelForSequenceClassification` checkpoint (num_labels=1), so transformers,
+TRL and vLLM's reward/classify runner load it as it is. The score of a sequence is the head's output on its last
+token (the end of the assistant turn as the chat template renders it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cai.train.config import RewardConfig
+from cai.train.data import DataError, Truncation, _as_messages, _render, load_rows, tokenize_preferences
+from cai.train.dpo import collate_pairs
+from cai.train.loop import Trainer, add_lora, pad
+from cai.train.losses import reward_loss
+from cai.train.sft import split_eval
+
+
+def load_reward_model(path: str | None, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """A sequence-classification model with one output and its tokenizer; from a causal LM the head starts
+    random (transformers says so), from a `cai train rm` folder it is the trained one."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cai.models import resolve_model
+
+    resolved = path
+    try:
+        resolved = resolve_model(path)
+        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1, dtype=dtype,
+                                                                   trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise ValueError(f"cannot load reward model {path or 'default'} ({resolved}): {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{resolved}: the tokenizer has no chat template")
+    return model, tokenizer, resolved
+
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    while hasattr(model, "module"):  # DDP wrappers
+        model = model.module
+    if hasattr(model, "get_base_model"):  # peft
+        model = model.get_base_model()
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no `score` head; reward models here are decoder-only LMs")
+    return getattr(model, model.base_model_prefix), head
+
+
+def token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The head's output at every position, [batch, length] (per-token values when used as a critic)."""
+    backbone, head = _backbone_and_head(model)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    return head(hidden).squeeze(-1).float()
+
+
+def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask * positions).argmax(-1)
+
+
+def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    scores = token_scores(model, input_ids, attention_mask)
+    return scores[torch.arange(len(scores), device=scores.device), last_index(attention_mask)]
+
+
+def reward_loss_fn(config: RewardConfig):
+    def loss_fn(model, batch):
+        scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
+        half = scores.shape[0] // 2
+        losses, metrics = reward_loss(scores[:half], scores[half:], batch.get("p_chosen"), batch.get("margin"),
+                                      config.center_rewards_coefficient)
+        return losses.mean(), metrics, int(batch["attention_mask"].sum())
+
+    return loss_fn
+
+
+def collate_reward_pairs(examples: list[dict], pad_id: int, soft: bool, margin: bool) -> dict[str, torch.Tensor]:
+    batch = collate_pairs(examples, pad_id)
+    del batch["labels"]
+    if not soft:
+        del batch["p_chosen"]
+    if margin:
+        batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float32)
+    return batch
+
+
+class RewardTrainer(Trainer):
+    """The shared loop; evaluation adds calibration over the whole held-out split (ECE needs all of it)."""
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        from cai.judge_eval import expected_calibration_error
+
+        self.model.eval()
+        result = super().evaluate()
+        p_model = []
+        for start in range(0, len(self.eval_examples), self.config.batch_size):
+            batch = self._to_device(self.collate(self.eval_examples[start: start + self.config.batch_size]))
+            scores = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
+            half = scores.shape[0] // 2
+            p_model += torch.sigmoid(scores[:half] - scores[half:]).tolist()
+        self.model.train()
+        if p_model:
+            result["eval/ece"] = expected_calibration_error(p_model)
+            result["eval/pairs"] = float(len(p_model))
+        return result
+
+
+def prepare_reward(config: RewardConfig) -> RewardTrainer:
+    model, tokenizer, path = load_reward_model(config.model, config.trust_remote_code)
+    limits = Truncation(config.max_length, config.max_prompt_length)
+
+    def tokenize(source: str) -> tuple[list[dict], int, bool, bool]:
+        rows = load_rows(source, config.split, "rm")
+        soft = config.soft_labels and "p_chosen" in rows[0]
+        margin = config.use_margin and "margin" in rows[0]
+        examples, dropped = tokenize_preferences(rows, tokenizer, limits, need_p=soft)
+        for e in examples:
+            if margin:
+                value = rows[e["index"]].get("margin")
+                if not isinstance(value, int | float) or value != value:
+                    raise DataError(f"preference row {e['index']}: margin must be a number, got {value!r}")
+                e["margin"] = float(value)
+        return examples, dropped, soft, margin
+
+    examples, dropped, soft, margin = tokenize(config.data)
+    if len(examples) < 2:
+        raise DataError(f"{config.data}: {len(examples)} usable pair(s) after truncation; a reward model needs more")
+    train, held_out = split_eval(examples, config.eval_fraction, config.seed)
+    if config.eval_data:
+        held_out = tokenize(config.eval_data)[0]
+    if config.lora:
+        model = add_lora(model, config, task_type="SEQ_CLS")
+    return RewardTrainer(config, model, tokenizer, train,
+                         lambda b: collate_reward_pairs(b, tokenizer.pad_token_id, soft, margin),
+                         reward_loss_fn(config), held_out,
+                         {"task": "rm", "model_path": path, "dropped_examples": dropped, "soft_labels": soft,
+                          "margin": margin})
+
+
+class RewardScorer:
+    """Scores (prompt messages, response) pairs in batches, rendering each with the reward model's own chat
+    template (so a policy with another tokenizer can be scored)."""
+
+    def __init__(self, path: str, batch_size: int = 8, limits: Truncation | None = None,
+                 trust_remote_code: bool = False, device: torch.device | str = "cpu"):
+        self.model, self.tokenizer, self.path = load_reward_model(path, trust_remote_code)
+        self.model.to(device).eval().requires_grad_(False)
+        self.device = device
+        self.batch_size = batch_size
+        self.limits = limits or Truncation(1024, 512)
+
+    def encode(self, prompt: list[dict[str, str]], response: list[dict[str, str]]) -> list[int]:
+        prompt_ids = _render(self.tokenizer, prompt, True)
+        full = _render(self.tokenizer, prompt + response, False)
+        if full[: len(prompt_ids)] != prompt_ids:  # a template that rewrites earlier turns: keep the end
+            return full[-self.limits.max_length:]
+        response_ids = full[len(prompt_ids):]
+        prompt_ids = prompt_ids[-self.limits.max_prompt_length:]
+        return prompt_ids + response_ids[: max(1, self.limits.max_length - len(prompt_ids))]
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[dict[str, str]]], responses: list[str | list[dict[str, str]]]) -> list[float]:
+        encoded = [self.encode(p, _as_messages(r, "assistant", "response")) for p, r in zip(prompts, responses,
+                                                                                             strict=True)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        scores = [0.0] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start: start + self.batch_size]
+            ids = [encoded[i] for i in chunk]
+            input_ids = pad(ids, self.tokenizer.pad_token_id).to(self.device)
+            mask = pad([[1] * len(s) for s in ids], 0).to(self.device)
+            for i, value in zip(chunk, sequence_scores(self.model, input_ids, mask).tolist(), strict=True):
+                scores[i] = value
+        return scores
+
+
+def score_file(reward_model: str, data: str, out: str, batch_size: int = 8, max_length: int = 1024,
+               split: str = "train", trust_remote_code: bool = False) -> dict[str, Any]:
+    """`cai score`: every row with its score. Rows have `prompt` + `response`, `messages` ending in an assistant
+    turn, or `prompt` + `chosen` + `rejected` (both scored). Written to OUT.partial, renamed when whole."""
+    rows = load_rows(data, split, "score")
+    scorer = RewardScorer(reward_model, batch_size, Truncation(max_length, max_length // 2), trust_remote_code)
+    prompts, responses, slots = [], [], []
+    for index, row in enumerate(rows):
+        if "messages" in row and "prompt" not in row:
+            messages = _as_messages(row["messages"], "user", "messages")
+            if messages[-1]["role"] != "assistant":
+                raise DataError(f"row {index}: `messages` must end with an assistant turn to be scored")
+            pairs = [("score", messages[:-1], messages[-1:])]
+        else:
+            columns = ("chosen", "rejected") if "chosen" in row else ("response",)
+            missing = [c for c in ("prompt", *columns) if c not in row]
+            if missing:
+                raise DataError(f"row {index}: missing {', '.join(missing)} (need prompt + response, "
+                                f"prompt + chosen + rejected, or messages)")
+            prompt = _as_messages(row["prompt"], "user", "prompt")
+            pairs = [("score" if c == "response" else f"score_{c}", prompt, row[c]) for c in columns]
+        for key, prompt, response in pairs:
+            prompts.append(prompt)
+            responses.append(response)
+            slots.append((index, key))
+    scores = scorer.score(prompts, responses)
+    for (index, key), value in zip(slots, scores, strict=True):
+        rows[index][key] = value
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    partial.replace(target)
+    return {"out": str(target), "rows": len(rows), "scored": len(scores),
+            "mean_score": sum(scores) / len(scores), "reward_model": scorer.path}

@@ -1,0 +1,100 @@
+"""Rollouts for PPO: sample one response per prompt from the current policy.
+
+`RolloutGenerator` is the seam. `TransformersRollouts` samples with `model.generate` on the training process,
+which is right on a CPU and for small models. A vLLM generator would implement the same two methods: `generate`
+on a vLLM engine, and `sync_weights` pushing the policy's new weights into it after each PPO iteration (for
+example `llm.collective_rpc` / `model.load_weights(state_dict.items())` with LoRA merged first), the design TRL
+and OpenRLHF use for their vLLM rollouts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from cai.train.loop import pad
+
+
+class RolloutGenerator(Protocol):
+    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Response token ids for each prompt, ending with an end-of-turn token unless cut by max_new_tokens."""
+        ...
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Make the generator sample from `policy` as it is now (a no-op when it samples from policy itself)."""
+        ...
+
+
+def end_ids(tokenizer: Any, model: torch.nn.Module) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def cut_at_end(tokens: list[int], stop: set[int]) -> list[int]:
+    """Tokens up to and including the first end token."""
+    for i, token in enumerate(tokens):
+        if token in stop:
+            return tokens[: i + 1]
+    return tokens
+
+
+def left_pad(sequences: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[value] * (width - len(s)) + s for s in sequences], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], dtype=torch.long)
+    return ids, mask
+
+
+class TransformersRollouts:
+    """Sampling with `generate` on the policy itself (so `sync_weights` has nothing to do)."""
+
+    def __init__(self, policy: torch.nn.Module, tokenizer: Any, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, batch_size: int | None = None):
+        self.policy = policy
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.batch_size = batch_size
+        self.stop = end_ids(tokenizer, policy)
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        self.policy = policy
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        was_training = self.policy.training
+        self.policy.eval()
+        device = next(self.policy.parameters()).device
+        out: list[list[int]] = []
+        step = self.batch_size or len(prompt_ids)
+        for start in range(0, len(prompt_ids), step):
+            ids, mask = left_pad(prompt_ids[start: start + step], self.tokenizer.pad_token_id)
+            generated = self.policy.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                temperature=self.temperature, top_p=self.top_p, top_k=0, max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop))
+            out += [cut_at_end(row[ids.shape[1]:].tolist(), self.stop) for row in generated]
+        if was_training:
+            self.policy.train()
+        return out
+
+
+def rollout_batch(prompt_ids: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts then right-padded responses: input_ids, attention_mask, position_ids (counting real
+    tokens only, as generation saw them) and the response mask; `context` is the padded prompt width."""
+    prompts, prompt_mask = left_pad(prompt_ids, pad_id)
+    response_ids = pad(responses, pad_id)
+    response_mask = pad([[1] * len(r) for r in responses], 0)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    return {
+        "input_ids": torch.cat([prompts, response_ids], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
+        "response_ids": response_ids,
+        "response_mask": response_mask.float(),
+        "context": torch.tensor(prompts.shape[1]),
+    }
