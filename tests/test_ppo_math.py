@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from cai.train.losses import reward_loss
-from cai.train.ppo_math import (KLController, entropy_from_logits, gae, policy_loss, token_rewards, value_loss,
-                                whiten)
+from cai.train.ppo_math import (
+    KLController,
+    entropy_from_logits,
+    gae,
+    policy_loss,
+    token_rewards,
+    value_loss,
+    whiten,
+)
 from cai.train.rollouts import cut_at_end, rollout_batch
 
 

@@ -13,23 +13,36 @@ import pytest
 import torch
 
 from cai.cli import main
+from cai.resources import data_dir
 from cai.train.config import PPOConfig, RewardConfig, TrainConfig
 from cai.train.ppo import load_prompt_examples, prepare_ppo
 from cai.train.reward import load_reward_model, prepare_reward, sequence_scores
 from cai.train.rollouts import left_pad
 
-PPO = {"data": "red-team", "limit": 64, "eval_fraction": 0.25, "rollout_batch_size": 16, "batch_size": 16,
-       "ppo_epochs": 2, "max_new_tokens": 3, "temperature": 1.0, "learning_rate": 2e-5, "lr_scheduler": "constant",
-       "max_length": 80, "max_prompt_length": 64, "max_steps": 4, "save_steps": 2, "eval_samples": 4,
+PPO = {"limit": 64, "eval_fraction": 0.25, "rollout_batch_size": 16, "batch_size": 8,
+       "ppo_epochs": 1, "max_new_tokens": 3, "temperature": 1.0, "learning_rate": 5e-5, "lr_scheduler": "constant",
+       "max_length": 64, "max_prompt_length": 56, "max_steps": 4, "save_steps": 2, "eval_samples": 4,
        "progress": False}
 
 
 @pytest.fixture(scope="module")
-def generated_pairs(tmp_path_factory):
+def prompt_file(tmp_path_factory):
+    """The red-team prompts with an empty system turn (SmolLM2's template otherwise adds a 20-token default one):
+    shorter sequences, faster steps."""
+    path = tmp_path_factory.mktemp("prompts") / "red-team-short.jsonl"
+    rows = [json.loads(line) for line in (data_dir("prompts") / "red-team.jsonl").read_text().splitlines()]
+    path.write_text("".join(json.dumps({"id": r["id"], "messages": [{"role": "system", "content": ""},
+                                                                    {"role": "user", "content": r["prompt"]}]})
+                            + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated_pairs(prompt_file, tmp_path_factory):
     from cai.train.loop import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(TrainConfig(data="-", out="-"))
-    prompts = load_prompt_examples("red-team", tokenizer, None, 64)[64:]  # prompts the PPO runs do not use
+    prompts = load_prompt_examples(str(prompt_file), tokenizer, None, 64)[64:]  # prompts PPO does not use
     ids, mask = left_pad([p["prompt_ids"] for p in prompts], tokenizer.pad_token_id)
     opener = torch.full((len(prompts), 1), tokenizer.encode("I")[0])
     torch.manual_seed(0)
@@ -56,7 +69,7 @@ def generated_pairs(tmp_path_factory):
 def reward_model(generated_pairs):
     out = generated_pairs.parent / "rm"
     config = RewardConfig(data=str(generated_pairs), out=str(out), batch_size=8, epochs=2, learning_rate=5e-5,
-                          eval_fraction=0.2, max_length=80, max_prompt_length=64, progress=False)
+                          eval_fraction=0.2, max_length=64, max_prompt_length=56, progress=False)
     trainer = prepare_reward(config)
     before = trainer.evaluate()
     final = trainer.train()
@@ -121,9 +134,14 @@ def _evals(folder):
 
 
 @pytest.fixture(scope="module")
-def ppo_run(reward_model, tmp_path_factory):
+def settings(reward_model, prompt_file):
+    return PPO | {"reward_model": str(reward_model[0]), "data": str(prompt_file)}
+
+
+@pytest.fixture(scope="module")
+def ppo_run(settings, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo") / "run"
-    prepare_ppo(PPOConfig(reward_model=str(reward_model[0]), out=str(out), **PPO)).train()
+    prepare_ppo(PPOConfig(out=str(out), **settings)).train()
     return out
 
 
@@ -133,7 +151,7 @@ def test_ppo_raises_held_out_reward_with_bounded_kl(ppo_run):
     before, after = evals
     assert before["eval/objective/kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
     assert after["eval/objective/scores"] > before["eval/objective/scores"] + 0.5
-    assert 0.0 < after["eval/objective/kl"] < 3.0  # nats over a three-token response
+    assert 0.0 < after["eval/objective/kl"] < 8.0  # nats over a three-token response
     assert steps[0]["objective/kl"] == pytest.approx(0.0, abs=1e-4)
     for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/entropy",
                 "policy/approxkl", "policy/clipfrac", "policy/entropy", "val/loss", "val/clipfrac", "grad_norm",
@@ -149,10 +167,9 @@ def test_ppo_raises_held_out_reward_with_bounded_kl(ppo_run):
     assert [p.name for p in (ppo_run / "checkpoints").iterdir()] == ["step-2"]
 
 
-def test_a_huge_kl_coefficient_keeps_the_policy_near_the_reference(reward_model, ppo_run, tmp_path):
+def test_a_huge_kl_coefficient_keeps_the_policy_near_the_reference(settings, ppo_run, tmp_path):
     out = tmp_path / "tight"
-    prepare_ppo(PPOConfig(reward_model=str(reward_model[0]), out=str(out), **{**PPO, "kl_coef": 100.0,
-                                                                               "save_steps": 0})).train()
+    prepare_ppo(PPOConfig(out=str(out), **(settings | {"kl_coef": 100.0, "save_steps": 0}))).train()
     (base, free), (tight_before, tight) = _evals(ppo_run)[0], _evals(out)[0]
     assert tight_before == pytest.approx(base)  # the same start and the same held-out draws
     assert tight["eval/objective/kl"] < 0.25 * free["eval/objective/kl"]
@@ -160,7 +177,7 @@ def test_a_huge_kl_coefficient_keeps_the_policy_near_the_reference(reward_model,
         0.5 * (free["eval/objective/scores"] - base["eval/objective/scores"])
 
 
-def test_ppo_resumes_from_a_checkpoint_to_the_same_weights(reward_model, ppo_run, tmp_path):
+def test_ppo_resumes_from_a_checkpoint_to_the_same_weights(settings, ppo_run, tmp_path):
     from safetensors.torch import load_file
 
     resumed = tmp_path / "resumed"
@@ -168,7 +185,7 @@ def test_ppo_resumes_from_a_checkpoint_to_the_same_weights(reward_model, ppo_run
     shutil.copytree(ppo_run / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
     rows = (ppo_run / "metrics.jsonl").read_text().splitlines()
     (resumed / "metrics.jsonl").write_text("\n".join(rows) + "\n{\"step\": 3, \"torn")  # rows past step 2 + torn
-    prepare_ppo(PPOConfig(reward_model=str(reward_model[0]), out=str(resumed), resume=True, **PPO)).train()
+    prepare_ppo(PPOConfig(out=str(resumed), resume=True, **settings)).train()
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4, 4]  # step-0 eval, four steps, final eval: each once
     a, b = load_file(str(ppo_run / "model.safetensors")), load_file(str(resumed / "model.safetensors"))

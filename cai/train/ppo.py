@@ -22,8 +22,16 @@ import torch
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, _render
 from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer
-from cai.train.ppo_math import (KLController, entropy_from_logits, gae, masked_mean, policy_loss, token_rewards,
-                                value_loss, whiten)
+from cai.train.ppo_math import (
+    KLController,
+    entropy_from_logits,
+    gae,
+    masked_mean,
+    policy_loss,
+    token_rewards,
+    value_loss,
+    whiten,
+)
 from cai.train.reward import RewardScorer, load_reward_model, token_scores
 from cai.train.rollouts import RolloutGenerator, TransformersRollouts, rollout_batch
 from cai.train.sft import split_eval
@@ -43,9 +51,11 @@ class PolicyAndValue(torch.nn.Module):
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
             torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                logits_to_keep: int = 0):
+        """Logits of the last `logits_to_keep` positions (all with 0) and values at every position."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=self.critic is None, use_cache=False)
+                          output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=logits_to_keep)
         if self.critic is None:
             hidden = out.hidden_states[-1]
             values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
@@ -54,12 +64,18 @@ class PolicyAndValue(torch.nn.Module):
         return out.logits, values
 
 
+def kept(batch: dict[str, torch.Tensor]) -> int:
+    """Positions whose logits matter: the one before the response and the response (bar its last token)."""
+    return batch["response_ids"].shape[1] + 1
+
+
 def response_logprobs(logits: torch.Tensor, batch: dict[str, torch.Tensor], temperature: float,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the response tokens under temperature-scaled logits (the distribution the rollouts
-    were sampled from), and those logits."""
+    were sampled from), and those logits. `logits` cover the last `kept(batch)` positions or all of them."""
     context, length = int(batch["context"]), batch["response_ids"].shape[1]
-    logits = logits[:, context - 1: context - 1 + length].float() / temperature
+    start = context - 1 - (batch["input_ids"].shape[1] - logits.shape[1])
+    logits = logits[:, start: start + length].float() / temperature
     tokens = batch["response_ids"].unsqueeze(-1)
     return torch.gather(logits, 2, tokens).squeeze(-1) - logits.logsumexp(-1), logits
 
@@ -113,10 +129,10 @@ class PPOTrainer(Trainer):
     def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
         if self.reference is not None:
-            logits = self.reference(**inputs, use_cache=False).logits
+            logits = self.reference(**inputs, use_cache=False, logits_to_keep=kept(batch)).logits
         else:
             with self.unwrapped.policy.disable_adapter():
-                logits = self.unwrapped.policy(**inputs, use_cache=False).logits
+                logits = self.unwrapped.policy(**inputs, use_cache=False, logits_to_keep=kept(batch)).logits
         return response_logprobs(logits, batch, self.config.temperature)[0]
 
     @torch.no_grad()
@@ -141,7 +157,8 @@ class PPOTrainer(Trainer):
         mask = batch["response_mask"]
         rollout_seconds = time.monotonic() - started
         with torch.no_grad():
-            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                                        kept(batch))
             old_logprobs, old_logits = response_logprobs(logits, batch, config.temperature)
             old_values = response_values(values, batch) * mask
             del logits, values, old_logits
@@ -161,7 +178,8 @@ class PPOTrainer(Trainer):
                     rows = order[micro: micro + config.batch_size]
                     sub = _rows(batch, rows)
                     with self.accelerator.accumulate(self.model), self.accelerator.autocast():
-                        logits, values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"])
+                        logits, values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"],
+                                                    kept(sub))
                         logprobs, scaled = response_logprobs(logits, sub, config.temperature)
                         pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask[rows],
                                                         config.cliprange)
@@ -260,7 +278,8 @@ class PPOTrainer(Trainer):
             for start in range(0, len(examples), self.config.rollout_batch_size):
                 chunk = examples[start: start + self.config.rollout_batch_size]
                 batch, raw, _ = self.sample(chunk)
-                logits, _ = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+                logits, _ = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                                       kept(batch))
                 logprobs = response_logprobs(logits, batch, self.config.temperature)[0]
                 kl = ((logprobs - self.reference_logprobs(batch)) * batch["response_mask"]).sum(1)
                 scores += raw.tolist()
