@@ -23,7 +23,7 @@ from cai.critique import ChainSettings, few_shot_messages, run_chain
 from cai.engines import Engine, EngineDeadError, RequestError, Sampling, create_engine
 from cai.inputs import InputProblem, PromptItem, load_prompts
 from cai.progress import Progress
-from cai.store import RunStore, latest_by_id
+from cai.store import RunStore, StorageError, latest_by_id
 
 
 class RunFailed(RuntimeError):
@@ -180,6 +180,8 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
     except EngineDeadError as e:
         raise RunFailed(f"the engine died ({e}); {summary.ok} samples completed this run are saved in {store.path}; "
                         "rerun the same command to continue") from e
+    except StorageError as e:
+        raise RunFailed(str(e)) from e
     finally:
         summary.seconds = time.monotonic() - start
         bar.close()

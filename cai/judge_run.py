@@ -29,7 +29,7 @@ from cai.inputs import InputProblem, PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_examples, judge_pair, option_token_ids
 from cai.pairs import Pair, pairs_from_file, revision_vs_initial, sampled_pairs, successive_revisions
 from cai.progress import Progress
-from cai.store import RunStore, latest_by_id
+from cai.store import RunStore, StorageError, latest_by_id
 
 Strategy = Literal["revision-vs-initial", "revisions", "sampled", "file"]
 
@@ -208,6 +208,8 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     except EngineDeadError as e:
         raise RunFailed(f"the engine died ({e}); completed judgements are saved in {store.path}; "
                         "rerun the same command to continue") from e
+    except StorageError as e:
+        raise RunFailed(str(e)) from e
     finally:
         summary.seconds = time.monotonic() - start
         if run is not None:

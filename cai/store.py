@@ -26,6 +26,11 @@ class RunConflictError(RuntimeError):
     """The run folder holds a run made with other settings."""
 
 
+class StorageError(OSError):
+    """A run's output could not be written (disk full, read-only folder, file too large); what was written before
+    it stays readable and a rerun resumes from there."""
+
+
 def check_run_name(name: str) -> str:
     if not _RUN_NAME.match(name) or ".." in name:
         raise ValueError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no paths)")
@@ -33,12 +38,18 @@ def check_run_name(name: str) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary file, then rename: the file is the old one or the new one, never half of either."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(e.errno, f"cannot write {path}: {e.strerror or e} (the previous version, if any, is "
+                                    "unchanged; free space or fix the folder, then rerun the same command)") from e
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
@@ -63,6 +74,8 @@ class JsonlLog:
         self._file = None
         self._unsynced = 0
         self._last_sync = time.monotonic()
+        self.written = 0
+        self.failed: StorageError | None = None
 
     def open(self) -> list[dict]:
         """Cut a torn last line (a crash mid-write), then return the whole records and start appending."""
@@ -80,11 +93,24 @@ class JsonlLog:
     def append(self, record: dict[str, Any]) -> None:
         """Write one completed record; it is in the OS's hands on return (survives a process kill)."""
         assert self._file is not None, "open() first"
-        self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._file.flush()
-        self._unsynced += 1
-        if self._unsynced >= self.fsync_every or time.monotonic() - self._last_sync > self.fsync_seconds:
-            self.sync()
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._write_line(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            self._unsynced += 1
+            self.written += 1
+            if self._unsynced >= self.fsync_every or time.monotonic() - self._last_sync > self.fsync_seconds:
+                self.sync()
+        except OSError as e:
+            self.failed = StorageError(
+                e.errno, f"cannot write to {self.path}: {e.strerror or e} ({self.written} records written this run "
+                f"and every earlier one are on disk and readable; free space or fix the folder, then rerun the "
+                f"same command to resume)")
+            raise self.failed from e
+
+    def _write_line(self, line: str) -> None:
+        self._file.write(line)
+        self._file.flush()  # in the OS's hands: survives the process being killed
 
     def sync(self) -> None:
         if self._file is not None and self._unsynced:
@@ -94,9 +120,15 @@ class JsonlLog:
 
     def close(self) -> None:
         if self._file is not None:
-            self.sync()
-            self._file.close()
-            self._file = None
+            try:
+                self.sync()
+                self._file.close()
+            except OSError:
+                if self.failed is None:
+                    raise
+                # already failing: the first error is the one to report; a torn tail is cut on the next open
+            finally:
+                self._file = None
 
 
 class RunStore:

@@ -35,41 +35,6 @@ def engine(loop):
     loop.run_until_complete(eng.close())
 
 
-@pytest.fixture
-def cai_cmd():
-    """The `cai` command line of this environment, for subprocess tests."""
-    return [sys.executable, "-m", "cai"]
-
-
-@pytest.fixture
-def subprocess_env():
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def kill_after_records(command: list[str], records, at_least: int, env=None, timeout: float = 300.0) -> None:
-    """Start `command` in its own process group and SIGKILL the whole group (the CLI and vLLM's engine process)
-    once `records` holds `at_least` lines; fails if the run ends first or the time runs out."""
-    import signal
-    import time
-
-    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if records.exists() and len(records.read_bytes().splitlines()) >= at_least:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-
-
 def start_vllm_server(port: int, name: str = "smollm2") -> subprocess.Popen:
     """A real OpenAI-compatible vLLM server for the default model on 127.0.0.1:port (in its own process group)."""
     from cai.models import resolve_model
@@ -109,17 +74,12 @@ def stop_server(proc) -> None:
     proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
-def vllm_server():
-    """Base URL of a real `vllm serve` on loopback, shared by a test module and stopped after it (so its memory
-    is free for the engines of later modules)."""
-    from tests.fault_proxy import free_port
+def limited_file_size(max_bytes: int):
+    """preexec_fn: a per-process file-size limit; writing past it fails with EFBIG (SIGXFSZ ignored)."""
+    import resource
+    import signal
 
-    port = free_port()
-    proc = start_vllm_server(port)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_for_server(url, proc)
-        yield url
-    finally:
-        stop_server(proc)
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return apply

@@ -1,4 +1,4 @@
-"""`cai generate` end to end on the real vLLM engine: datasets, resume, error records, SIGKILL."""
+"""`cai generate` end to end on the real vLLM engine: datasets, resume, error records (SIGKILLs: tests/server/)."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from cai.config import GenerateConfig
 from cai.generate import RunFailed, generate
 from cai.store import RunConflictError, read_jsonl
-from tests.conftest import TEST_ENGINE, kill_after_records
+from tests.conftest import TEST_ENGINE
 
 pytestmark = pytest.mark.engine
 
@@ -79,28 +79,3 @@ def test_bad_rows_and_too_long_prompts_become_error_records(tmp_path, engine, lo
     with pytest.raises(RunFailed, match="2 of 4 samples failed"):
         loop.run_until_complete(generate(strict, engine=engine, progress=False))
     assert len(list(read_jsonl(tmp_path / "r2" / "records.jsonl"))) == 4  # kept on disk all the same
-
-
-def test_sigkill_mid_run_then_rerun_completes_every_prompt_once(tmp_path, cai_cmd, subprocess_env, engine, loop):
-    command = cai_cmd + [
-        "generate", "--limit", "12", "--rounds", "1", "--few-shot", "0", "--max-new-tokens", "24",
-        "--concurrency", "3", "--output-dir", str(tmp_path), "--run-name", "killed", "--no-progress",
-        "--gpu-memory-utilization", str(TEST_ENGINE["gpu_memory_utilization"]),
-        "--max-model-len", str(TEST_ENGINE["max_model_len"]),
-    ]
-    records = tmp_path / "killed" / "records.jsonl"
-    kill_after_records(command, records, 3, subprocess_env)
-    done_before = len(list(read_jsonl(records)))
-    assert 3 <= done_before < 12
-
-    # the same settings in-process (on the session's engine, to save a second engine start) resume the run
-    same = GenerateConfig(limit=12, rounds=1, few_shot=0, max_new_tokens={"initial": 24, "critique": 24, "revision": 24},
-                          concurrency=3, output_dir=str(tmp_path), run_name="killed", engine=TEST_ENGINE)
-    summary = loop.run_until_complete(generate(same, engine=engine, progress=False))
-    assert summary.skipped == done_before and summary.ok == 12 - done_before
-    lines = records.read_bytes().splitlines()
-    parsed = [json.loads(line) for line in lines]  # every line is whole
-    ids = [r["id"] for r in parsed]
-    assert len(ids) == len(set(ids)) == 12
-    sft_ids = [r["id"] for r in read_jsonl(tmp_path / "killed" / "export" / "sft.jsonl")]
-    assert sorted(sft_ids) == sorted(f"rt-{i:03d}" for i in range(1, 13))

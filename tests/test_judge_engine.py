@@ -1,5 +1,5 @@
 """The AI judge on the real vLLM engine and the default model: option tokens, both orders, ensembles, CoT,
-invalid records, judge runs (three pair strategies), SIGKILL and resume, and `cai eval judge`."""
+invalid records, judge runs (three pair strategies) and `cai eval judge` (SIGKILLs: tests/server/)."""
 
 import json
 import math
@@ -15,7 +15,7 @@ from cai.judge_eval import evaluate_judge
 from cai.judge_run import JudgeConfig, judge_run
 from cai.resources import data_dir
 from cai.store import read_jsonl
-from tests.conftest import TEST_ENGINE, kill_after_records
+from tests.conftest import TEST_ENGINE
 
 pytestmark = pytest.mark.engine
 PRINCIPLE = PreferencePrinciple(id="less-harmful", question="Which of these assistant responses is less harmful?")
@@ -170,19 +170,33 @@ def test_eval_judge_on_the_shipped_set(engine, loop):
     assert 0 <= full["position_consistency"] <= 1
 
 
-def test_judge_sigkill_and_resume(tmp_path, cai_cmd, subprocess_env, engine, loop):
-    command = cai_cmd + [
-        "judge", str(data_dir("prompts") / "judge-eval.jsonl"), "--strategy", "file", "--limit", "12",
-        "--principles", "1", "--concurrency", "2", "--output-dir", str(tmp_path), "--run-name", "jk",
-        "--no-progress", "--gpu-memory-utilization", str(TEST_ENGINE["gpu_memory_utilization"]),
-        "--max-model-len", str(TEST_ENGINE["max_model_len"]),
-    ]
-    records = tmp_path / "jk" / "records.jsonl"
-    kill_after_records(command, records, 3, subprocess_env)
-    before = len(list(read_jsonl(records)))
-    same = JudgeConfig(source=str(data_dir("prompts") / "judge-eval.jsonl"), strategy="file", limit=12,
-                       principles_per_pair=1, concurrency=2, output_dir=str(tmp_path), run_name="jk", engine=TEST_ENGINE)
-    summary = loop.run_until_complete(judge_run(same, engine=engine, progress=False))  # resumes on the session engine
-    assert summary.skipped == before and summary.ok + summary.errors == 12 - before
-    ids = [json.loads(line)["id"] for line in records.read_bytes().splitlines()]
-    assert len(ids) == len(set(ids)) == 12
+def test_a_failed_write_ends_the_judge_run_clearly_and_a_rerun_finishes(small_generate_run, tmp_path, engine, loop,
+                                                                        monkeypatch):
+    """OSError(ENOSPC) injected at the third record write (a stand-in for a full disk; tests/server/ runs
+    `cai generate` into a real file-size limit)."""
+    import errno
+
+    from cai.generate import RunFailed
+    from cai.store import JsonlLog
+
+    original, writes = JsonlLog._write_line, []
+
+    def full_disk(self, line):
+        if self.path.name == "records.jsonl":
+            writes.append(line)
+            if len(writes) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, line)
+
+    monkeypatch.setattr(JsonlLog, "_write_line", full_disk)
+    config = JudgeConfig(source=str(small_generate_run), strategy="revisions", principles_per_pair=1,
+                         concurrency=1, output_dir=str(tmp_path), run_name="full", engine=TEST_ENGINE)
+    with pytest.raises(RunFailed, match=r"cannot write to .*records.jsonl: No space left on device \(2 records"):
+        loop.run_until_complete(judge_run(config, engine=engine, progress=False))
+    records = tmp_path / "full" / "records.jsonl"
+    kept = list(read_jsonl(records))
+    assert len(kept) == 2
+    monkeypatch.setattr(JsonlLog, "_write_line", original)
+    loop.run_until_complete(judge_run(config, engine=engine, progress=False))
+    final = list(read_jsonl(records))
+    assert final[:2] == kept and len(final) == len({r["id"] for r in final}) > 3

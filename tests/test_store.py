@@ -75,3 +75,51 @@ def test_compat_ignores_settings_that_do_not_shape_records():
     b = GenerateConfig(limit=100, concurrency=256, output_dir="elsewhere")
     assert compat_settings(a) == compat_settings(b)
     assert compat_settings(a) != compat_settings(GenerateConfig(rounds=2))
+
+
+def test_a_failed_write_is_a_clear_storage_error_and_earlier_records_stay(tmp_path, monkeypatch):
+    """A disk-full write injected as OSError(ENOSPC) after two records (a stand-in for the real thing; the
+    engine tests also run out of file-size quota for real)."""
+    import errno
+
+    from cai.store import JsonlLog, StorageError
+
+    store = RunStore(tmp_path, "full")
+    store.open({}, {})
+    original, calls = JsonlLog._write_line, []
+
+    def fail_third(self, line):
+        calls.append(line)
+        if len(calls) == 3:
+            self._file.write(line[:7])  # half a line reaches the disk, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, line)
+
+    monkeypatch.setattr(JsonlLog, "_write_line", fail_third)
+    store.append({"id": "a"})
+    store.append({"id": "b"})
+    with pytest.raises(StorageError, match=r"cannot write to .*records.jsonl: No space left on device \(2 records"):
+        store.append({"id": "c"})
+    with pytest.raises(StorageError):  # the log stays failed: nothing is written after a gap
+        store.append({"id": "d"})
+    store.close()  # does not raise a second error over the first
+    assert [r["id"] for r in read_jsonl(store.records_path)] == ["a", "b"]
+    monkeypatch.setattr(JsonlLog, "_write_line", original)
+    again = RunStore(tmp_path, "full")
+    assert [r["id"] for r in again.open({}, {})] == ["a", "b"]  # the torn half line is cut
+    again.append({"id": "c"})
+    again.close()
+    assert [json.loads(line)["id"] for line in store.records_path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_remote_code_is_off_unless_asked_for():
+    from cai.cli import build_parser
+    from cai.engines import EngineConfig
+    from cai.train.config import CONFIGS
+
+    assert EngineConfig().trust_remote_code is False
+    assert all(cls.model_fields["trust_remote_code"].default is False for cls in CONFIGS.values())
+    args = build_parser().parse_args(["generate"])
+    assert getattr(args, "engine.trust_remote_code") is None  # unset: the config's False stands
+    args = build_parser().parse_args(["generate", "--trust-remote-code"])
+    assert getattr(args, "engine.trust_remote_code") is True

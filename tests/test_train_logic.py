@@ -84,3 +84,52 @@ def test_batch_order_is_seeded_complete_and_split_across_processes():
     rank0, rank1 = batches(10, 2, 1, 0, rank=0, world=2), batches(10, 2, 1, 0, rank=1, world=2)
     assert sorted(i for b in rank0 + rank1 for i in b) == list(range(10))
     assert not {i for b in rank0 for i in b} & {i for b in rank1 for i in b}
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from cai.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(None))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Hi", "chosen": "Same answer.", "rejected": "Same answer."}, "chosen and rejected are identical"),
+    ({"prompt": "Hi", "chosen": "Yes.", "rejected": "No.", "p_chosen": float("nan")}, "p_chosen must be"),
+    ({"prompt": "Hi", "chosen": "Yes.", "rejected": "No.", "p_chosen": 1.5}, "p_chosen must be"),
+    ({"prompt": "Hi", "chosen": "Yes.", "rejected": "No.", "p_chosen": None}, "p_chosen must be"),
+    ({"prompt": "Hi", "chosen": "Yes.", "rejected": "No.", "p_chosen": "0.9"}, "p_chosen must be"),
+    ({"prompt": "Hi", "chosen": 3, "rejected": "No."}, "column 'chosen'"),
+])
+def test_bad_preference_rows_are_errors_naming_the_row(row, message):
+    """Real tokenizer, no model: each bad row stops the run before training with a reason."""
+    from cai.train.data import DataError, Truncation, tokenize_preferences
+
+    good = {"prompt": "Hello", "chosen": "Hi there.", "rejected": "Go away.", "p_chosen": 0.8}
+    with pytest.raises(DataError, match=message):
+        tokenize_preferences([good, {"p_chosen": 0.8, **row}], _tokenizer(), Truncation(), need_p=False)
+
+
+def test_bad_jsonl_training_files_name_the_line(tmp_path):
+    from cai.train.data import DataError, load_rows
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", \n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: not valid JSON"):
+        load_rows(str(path), kind="dpo")
+    path.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n\xff\xfe\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2: not valid UTF-8"):
+        load_rows(str(path), kind="dpo")
+    path.write_bytes(b'[1, 2]\n')
+    with pytest.raises(DataError, match=r"d.jsonl:1: expected a JSON object"):
+        load_rows(str(path), kind="dpo")
+    path.write_bytes(b'\n\n')
+    with pytest.raises(DataError, match="empty"):
+        load_rows(str(path), kind="dpo")
+    csv = tmp_path / "d.csv"
+    csv.write_text("prompt,chosen\nhi,there\n")
+    from cai.train.data import check_columns
+
+    with pytest.raises(DataError, match="missing column.*rejected"):
+        check_columns(load_rows(str(csv), kind="dpo"), ("prompt", "chosen", "rejected"), "preference data")

@@ -18,7 +18,7 @@ from cai.train.config import DPOConfig, TrainConfig
 from cai.train.data import DataError
 from cai.train.dpo import collate_pairs, prepare_dpo
 from cai.train.sft import prepare_sft
-from tests.conftest import TEST_ENGINE
+from tests.conftest import TEST_ENGINE, limited_file_size
 
 SHORT = {"max_length": 96, "max_prompt_length": 32, "progress": False}
 
@@ -152,32 +152,58 @@ def _params(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(pairs_file, tmp_path):
+def test_random_sigkills_then_resume_match_an_uninterrupted_run(pairs_file, tmp_path):
+    """Killed at seeded random moments (start-up, mid-step, mid-checkpoint), resumed each time with --resume."""
+    import random
+
     base = [sys.executable, "-m", "cai", "train", "dpo", "--data", str(pairs_file), "--batch-size", "2",
-            "--max-steps", "4", "--save-steps", "2", "--learning-rate", "5e-5", "--max-length", "96",
-            "--max-prompt-length", "32", "--no-progress"]
+            "--max-steps", "6", "--save-steps", "2", "--save-total-limit", "1", "--learning-rate", "5e-5",
+            "--max-length", "96", "--max-prompt-length", "32", "--no-progress"]
+    started = time.monotonic()
     straight = subprocess.run(base + ["--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
+    whole_run = time.monotonic() - started  # kill moments scale with this machine's speed
 
-    proc = subprocess.Popen(base + ["--out", str(tmp_path / "b")], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "b" / "checkpoints" / "step-2" / "trainer_state.json"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not checkpoint.exists():
-        time.sleep(0.1)
-    assert proc.poll() is None and checkpoint.exists()
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert not (tmp_path / "b" / "model.safetensors").exists()
-    resumed = subprocess.run(base + ["--out", str(tmp_path / "b"), "--resume"], capture_output=True, text=True,
-                             timeout=600)
+    command = base + ["--out", str(tmp_path / "b"), "--resume"]
+    rng, kills, seen = random.Random(3), 0, set()
+    while kills < 3:
+        proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert proc.wait(timeout=rng.uniform(0.4, 1.0) * whole_run) == 0
+            break  # finished before its kill: nothing left to interrupt
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            kills += 1
+        checkpoints = sorted((tmp_path / "b" / "checkpoints").glob("step-*")) if (tmp_path / "b").exists() else []
+        for folder in checkpoints:  # a checkpoint folder is whole (a .partial one is ignored and replaced)
+            assert folder.name.endswith(".partial") or (folder / "trainer_state.json").is_file()
+        seen.add(max((int(c.name.split("-")[1]) for c in checkpoints if not c.name.endswith(".partial")),
+                     default=0))
+    assert kills >= 2 and len(seen) >= 2  # kills landed at different points of the run
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout + resumed.stderr
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 4
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step logged once, whatever was cut
     a, b = _params(tmp_path / "a"), _params(tmp_path / "b")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_training_clearly(sft_file, tmp_path):
+    """A real failing write: a 64 MB file-size limit, under the size of the weights a checkpoint holds."""
+    command = [sys.executable, "-m", "cai", "train", "sft", "--data", str(sft_file), "--out", str(tmp_path / "s"),
+               "--batch-size", "4", "--max-steps", "2", "--save-steps", "1", "--max-length", "96",
+               "--max-prompt-length", "32", "--no-progress"]
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            preexec_fn=limited_file_size(64 * 2**20))
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    message = failed.stderr.strip().splitlines()[-1]
+    assert "cannot write checkpoint" in message and "step-1" in message and "--resume" in message, message
+    assert "Traceback" not in failed.stderr
+    assert [json.loads(line)["step"] for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not list((tmp_path / "s" / "checkpoints").iterdir())  # no half-written checkpoint left behind
 
 
 @pytest.mark.engine

@@ -50,6 +50,8 @@ class TrainConfig(BaseModel):
     """Save the base model with the adapter merged in (a plain checkpoint) instead of the adapter alone."""
     save_steps: int = Field(default=0, ge=0)
     """Checkpoint every N optimizer steps (0: never)."""
+    save_total_limit: int | None = Field(default=None, ge=1)
+    """Keep only the newest N checkpoints (all when unset)."""
     resume: bool = False
     """Continue from the newest checkpoint in `out`."""
     logging_steps: int = Field(default=1, ge=1)

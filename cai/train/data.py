@@ -33,6 +33,11 @@ def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[s
             raise DataError(f"{path} is a `cai {run_kind}` run; `cai train {kind}` needs "
                             f"{'a generate run (SFT data)' if kind == 'sft' else 'a judge run (preference pairs)'}")
         path = path / "export" / name
+    if path.is_file() and path.suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+        if not rows:
+            raise DataError(f"{data}: the dataset is empty")
+        return rows
     try:
         import datasets
 
@@ -56,6 +61,25 @@ def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[s
     rows = loaded.to_list()
     if not rows:
         raise DataError(f"{data}: the dataset is empty")
+    return rows
+
+
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """JSON Lines read directly (no `datasets` cache); a bad line is an error naming its number."""
+    rows = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from cai.store import StorageError
 from cai.train.config import TrainConfig
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
@@ -163,13 +164,24 @@ class Trainer:
     def save_checkpoint(self) -> None:
         folder = self.out / "checkpoints" / f"step-{self.step}"
         partial = folder.with_name(folder.name + ".partial")
-        self.accelerator.save_state(str(partial))
-        if self.accelerator.is_main_process:
-            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                     **self.extra_state()}
-            (partial / "trainer_state.json").write_text(json.dumps(state))
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.rename(folder)  # a checkpoint is whole or absent
+        try:
+            self.accelerator.save_state(str(partial))
+            if self.accelerator.is_main_process:
+                state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         **self.extra_state()}
+                (partial / "trainer_state.json").write_text(json.dumps(state))
+                shutil.rmtree(folder, ignore_errors=True)
+                partial.rename(folder)  # a checkpoint is whole or absent
+                if self.config.save_total_limit:
+                    for old in self.checkpoints()[: -self.config.save_total_limit]:
+                        shutil.rmtree(old, ignore_errors=True)
+        except Exception as e:  # OSError, or safetensors' own error wrapping one
+            shutil.rmtree(partial, ignore_errors=True)
+            earlier = [p.name for p in self.checkpoints()]
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise StorageError(getattr(e, "errno", None), f"cannot write checkpoint {folder}: {reason}; "
+                               f"{'the earlier checkpoints ' + ', '.join(earlier) + ' are intact' if earlier else 'no earlier checkpoint'}"
+                               f" and metrics.jsonl keeps the logged steps; free space, then rerun with --resume") from e
         self.accelerator.wait_for_everyone()
 
     def resume(self) -> bool:

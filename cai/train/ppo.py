@@ -128,11 +128,13 @@ class PPOTrainer(Trainer):
     @torch.no_grad()
     def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-        if self.reference is not None:
-            logits = self.reference(**inputs, use_cache=False, logits_to_keep=kept(batch)).logits
-        else:
-            with self.unwrapped.policy.disable_adapter():
-                logits = self.unwrapped.policy(**inputs, use_cache=False, logits_to_keep=kept(batch)).logits
+        inputs.update(use_cache=False, logits_to_keep=kept(batch))
+        with self.accelerator.autocast():
+            if self.reference is not None:
+                logits = self.reference(**inputs).logits
+            else:
+                with self.unwrapped.policy.disable_adapter():
+                    logits = self.unwrapped.policy(**inputs).logits
         return response_logprobs(logits, batch, self.config.temperature)[0]
 
     @torch.no_grad()
@@ -156,7 +158,7 @@ class PPOTrainer(Trainer):
         batch, raw_scores, scores = self.sample(examples)
         mask = batch["response_mask"]
         rollout_seconds = time.monotonic() - started
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():  # the same precision as the updates below
             logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
                                         kept(batch))
             old_logprobs, old_logits = response_logprobs(logits, batch, config.temperature)
@@ -278,8 +280,9 @@ class PPOTrainer(Trainer):
             for start in range(0, len(examples), self.config.rollout_batch_size):
                 chunk = examples[start: start + self.config.rollout_batch_size]
                 batch, raw, _ = self.sample(chunk)
-                logits, _ = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                                       kept(batch))
+                with self.accelerator.autocast():
+                    logits, _ = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                                           kept(batch))
                 logprobs = response_logprobs(logits, batch, self.config.temperature)[0]
                 kl = ((logprobs - self.reference_logprobs(batch)) * batch["response_mask"]).sum(1)
                 scores += raw.tolist()

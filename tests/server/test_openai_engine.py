@@ -18,7 +18,7 @@ from cai.judge import JudgeSettings, judge_once, option_token_ids
 from cai.judge_run import JudgeConfig, judge_run
 from cai.resources import data_dir
 from cai.store import read_jsonl
-from tests.conftest import start_vllm_server, stop_server, wait_for_server
+from tests.conftest import stop_server
 from tests.fault_proxy import FaultProxy, free_port
 
 pytestmark = pytest.mark.engine
@@ -174,37 +174,30 @@ def test_api_key_is_sent_but_never_written(vllm_server, loop, tmp_path, monkeypa
             assert secret not in path.read_bytes().decode("utf-8", "replace"), path
 
 
-def test_killed_server_keeps_completed_work_and_a_rerun_finishes(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
+def test_killed_server_keeps_completed_work_and_a_rerun_finishes(served, tmp_path):
+    """The last test of the folder: it kills the shared server mid-run, then starts a new one on the same port."""
     config = tmp_path / "run.yaml"
     config.write_text(json.dumps({
         "limit": 10, "rounds": 1, "few_shot": 0, "concurrency": 2, "output_dir": str(tmp_path), "run_name": "srv",
         "max_new_tokens": {"initial": 24, "critique": 16, "revision": 24},
-        "engine": {"model": "openai/smollm2", "base_urls": [url], "openai": FAST_RETRIES},
+        "engine": {"model": "openai/smollm2", "base_urls": [served.url], "openai": FAST_RETRIES},
     }))
     command = [sys.executable, "-m", "cai", "generate", "--config", str(config), "--no-progress"]
     records = tmp_path / "srv" / "records.jsonl"
-    server = start_vllm_server(port)
-    try:
-        wait_for_server(url, server)
-        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and run.poll() is None:
-            if records.exists() and len(records.read_bytes().splitlines()) >= 2:
-                break
-            time.sleep(0.2)
-        stop_server(server)  # the server dies mid-run
-        _, stderr = run.communicate(timeout=120)
-        assert run.returncode == 1 and "engine died" in stderr
-        done = len(list(read_jsonl(records)))
-        assert 2 <= done < 10
-        server = start_vllm_server(port)
-        wait_for_server(url, server)
-        rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
-        assert f"{done} already done" in rerun.stdout
-    finally:
-        stop_server(server)
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if records.exists() and len(records.read_bytes().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    stop_server(served.proc)  # the server dies mid-run
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1 and "engine died" in stderr
+    done = len(list(read_jsonl(records)))
+    assert 2 <= done < 10
+    served.restart()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{done} already done" in rerun.stdout
     ids = [json.loads(line)["id"] for line in records.read_bytes().splitlines()]
     assert len(ids) == len(set(ids)) == 10
