@@ -36,11 +36,16 @@ def metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> tuple[float, object]:
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     result = fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - start, result
 
 
@@ -52,27 +57,31 @@ def main() -> None:
     parser.add_argument("--rollout", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dpo-steps", type=int, default=30)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed: check the script itself")
     args = parser.parse_args()
     from cai.train import DPOConfig, PPOConfig, RewardConfig, run_training
     from cai.train.ppo import prepare_ppo
 
-    assert torch.cuda.is_available(), "no CUDA device"
+    assert torch.cuda.is_available() or args.smoke, "no CUDA device"
+    rm_epochs, batch = (1, 4) if args.smoke else (4, 16)
+    bf16 = torch.cuda.is_available()  # bfloat16 is far slower than float32 on CPUs without native support
     work = args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     model = str(build_model(args.config_dir, work / "model"))
-    report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    report: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                    "torch": torch.__version__}
 
     rm_out = work / "rm"
     seconds, _ = timed(lambda: run_training("rm", RewardConfig(
-        model=model, data="prompts/judge-eval.jsonl", out=str(rm_out), batch_size=8, epochs=4,
-        learning_rate=1e-4, eval_fraction=0.2, max_length=256, max_prompt_length=128, bf16=True, progress=False)))
+        model=model, data="prompts/judge-eval.jsonl", out=str(rm_out), batch_size=8, epochs=rm_epochs,
+        learning_rate=1e-4, eval_fraction=0.2, max_length=256, max_prompt_length=128, bf16=bf16, progress=False)))
     rows = [r for r in metrics(rm_out) if "loss" in r]
     report["rm"] = {"seconds": round(seconds, 1), "steps": len(rows), "first_loss": rows[0]["loss"],
                     "last_loss": rows[-1]["loss"], "tokens_per_s": rows[-1]["tokens_per_s"],
                     "eval": {k: v for k, v in metrics(rm_out)[-1].items() if k.startswith("eval/")}}
 
     ppo = dict(model=model, reward_model=str(rm_out), data="red-team", eval_fraction=0.1,
-               rollout_batch_size=args.rollout, batch_size=16, gradient_accumulation_steps=2, ppo_epochs=2,
+               rollout_batch_size=args.rollout, batch_size=batch, gradient_accumulation_steps=2, ppo_epochs=2,
                max_new_tokens=args.max_new_tokens, max_length=256, max_prompt_length=128, learning_rate=1e-5,
                max_steps=args.ppo_steps, save_steps=2, progress=False)
     for name, bf16 in (("ppo_fp32", False), ("ppo_bf16", True)):
@@ -87,8 +96,10 @@ def main() -> None:
                         "tokens_per_s": steps[-1]["tokens_per_s"],
                         "last": {k: steps[-1][k] for k in ("objective/kl", "objective/scores", "policy/approxkl",
                                                             "policy/clipfrac", "val/loss", "policy/entropy")},
-                        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
-        torch.cuda.reset_peak_memory_stats()
+                        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                        if torch.cuda.is_available() else None}
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
     report["ppo_bf16_vs_fp32_step_time"] = round(
         sum(report["ppo_bf16"]["step_s"][1:]) / sum(report["ppo_fp32"]["step_s"][1:]), 3)
 

@@ -103,8 +103,11 @@ async def run_all(coroutines: list, concurrency: int) -> None:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def bounded(coroutine):
-        async with semaphore:
-            await coroutine
+        try:
+            async with semaphore:
+                await coroutine
+        finally:
+            coroutine.close()  # cancelled before it started: closed, so no "never awaited" warning
 
     tasks = [asyncio.create_task(bounded(c)) for c in coroutines]
     try:

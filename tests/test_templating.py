@@ -38,6 +38,13 @@ def test_custom_template_folder_is_sandboxed(tmp_path):
         render("critique.j2", tmp_path, principle={"critique_request": "x"})
     with pytest.raises(TemplateError, match="not found"):
         render("nope.j2", tmp_path)
+    (tmp_path.parent / "secret.txt").write_text("outside the template folder")
+    (tmp_path / "critique.j2").write_text('{% include "../secret.txt" %}')
+    with pytest.raises(TemplateError):  # includes cannot climb out of the folder
+        render("critique.j2", tmp_path)
+    (tmp_path / "critique.j2").write_text("{{ principle.critique_request.format.__globals__ }}")
+    with pytest.raises(TemplateError):
+        render("critique.j2", tmp_path, principle={"critique_request": "x"})
 
 
 def test_few_shot_examples_render_into_six_turns_each():
