@@ -84,6 +84,8 @@ def test_batch_order_is_seeded_complete_and_split_across_processes():
     rank0, rank1 = batches(10, 2, 1, 0, rank=0, world=2), batches(10, 2, 1, 0, rank=1, world=2)
     assert sorted(i for b in rank0 + rank1 for i in b) == list(range(10))
     assert not {i for b in rank0 for i in b} & {i for b in rank1 for i in b}
+    full = batches(10, 3, seed=1, epoch=0, drop_last=True)  # PPO: every step a whole rollout batch
+    assert full == one[:3] and [len(b) for b in full] == [3, 3, 3]
 
 
 def _tokenizer():

@@ -51,11 +51,14 @@ def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUS
     return get_peft_model(model, lora)
 
 
-def batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+def batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+            drop_last: bool = False) -> list[list[int]]:
     """This process's batches of example indices for one epoch (a seeded permutation, split by rank)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     per_step = batch_size * world
     steps = [order[i: i + per_step] for i in range(0, n, per_step)]
+    if drop_last:
+        steps = [step for step in steps if len(step) == per_step]
     return [step[rank * batch_size: (rank + 1) * batch_size] for step in steps if step[rank * batch_size:]]
 
 
@@ -99,6 +102,12 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         trackers = [t for t in config.report_to if _installed(t)]
+        # Accelerate keeps one state per process and refuses a second precision; a pipeline that runs several
+        # trainers in one process (SFT, then DPO in bf16) starts each from a clean state. The process group stays.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                        mixed_precision="bf16" if config.bf16 else "no",
                                        log_with=trackers or None, project_dir=str(self.out))
@@ -112,7 +121,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         world = self.accelerator.num_processes
         self.batches_per_epoch = len(batches(len(train), self.draw_size(), config.seed, 0,
-                                             self.accelerator.process_index, world))
+                                             self.accelerator.process_index, world, self.drop_last))
         steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / self.draws_per_step()))
         self.total_steps = config.max_steps or math.ceil(config.epochs * steps_per_epoch)
         from transformers import get_scheduler
@@ -136,6 +145,9 @@ class Trainer:
                          **(extra_manifest or {})}
 
     # --- what a task may change ---------------------------------------------------------------------------------
+    drop_last = False
+    """Skip an epoch's last, smaller draw (tasks whose steps need full draws)."""
+
     def draw_size(self) -> int:
         """Examples drawn from the data at a time."""
         return self.config.batch_size
@@ -201,7 +213,7 @@ class Trainer:
     def _epoch_batches(self) -> Iterator[list[int]]:
         while True:
             order = batches(len(self.train_examples), self.draw_size(), self.config.seed, self.epoch,
-                            self.accelerator.process_index, self.accelerator.num_processes)
+                            self.accelerator.process_index, self.accelerator.num_processes, self.drop_last)
             for i in range(self.batch_in_epoch, len(order)):
                 self.batch_in_epoch = i + 1
                 yield order[i]

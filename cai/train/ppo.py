@@ -91,6 +91,7 @@ def _rows(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torc
 
 
 class PPOTrainer(Trainer):
+    drop_last = True  # every step is rollout_batch_size rollouts, split into whole minibatches
     def __init__(self, config: PPOConfig, model: PolicyAndValue, tokenizer: Any, prompts: list[dict],
                  eval_prompts: list[dict], reference: torch.nn.Module | None, extra_manifest: dict):
         super().__init__(config, model, tokenizer, prompts, lambda rows: rows, None, eval_prompts, extra_manifest)
