@@ -271,12 +271,23 @@ class Trainer:
                 window = {}
                 if bar is not None:
                     bar.set_postfix_str(f"loss {last['loss']:.4f}, {last['tokens_per_s']:.0f} tok/s")
-            if bar is not None:
-                bar.update(1)
-            if config.eval_steps and self.eval_examples and self.step % config.eval_steps == 0:
-                self.log.write(self.step, self.evaluate())
-            if config.save_steps and self.step % config.save_steps == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
+            self.end_of_step(bar)
+        return self.finish(bar, last)
+
+    def end_of_step(self, bar: Any) -> None:
+        """Progress, then the periodic evaluation and checkpoint (none at the last step: `finish` follows)."""
+        config = self.config
+        if bar is not None:
+            bar.update(1)
+        if self.step >= self.total_steps:
+            return
+        if config.eval_steps and self.eval_examples and self.step % config.eval_steps == 0:
+            self.log.write(self.step, self.evaluate())
+        if config.save_steps and self.step % config.save_steps == 0:
+            self.save_checkpoint()
+
+    def finish(self, bar: Any, last: dict[str, float]) -> dict[str, float]:
+        """The final evaluation and model; returns the last logged metrics with the final evaluation."""
         if bar is not None:
             bar.close()
         if self.eval_examples:

@@ -251,22 +251,8 @@ class PPOTrainer(Trainer):
                 last = values
                 if bar is not None:
                     bar.set_postfix_str(f"score {values['objective/scores']:.3f}, kl {values['objective/kl']:.3f}")
-            if bar is not None:
-                bar.update(1)
-            if config.eval_steps and self.eval_examples and self.step % config.eval_steps == 0 \
-                    and self.step < self.total_steps:
-                self.log.write(self.step, self.evaluate())
-            if config.save_steps and self.step % config.save_steps == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
-        if bar is not None:
-            bar.close()
-        if self.eval_examples:
-            final = self.evaluate()
-            self.log.write(self.step, final)
-            last.update(final)
-        self.save_final()
-        self.accelerator.end_training()
-        return last
+            self.end_of_step(bar)
+        return self.finish(bar, last)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
