@@ -93,6 +93,8 @@ def _judge_parser(sub: Any) -> None:
     p.add_argument("--prompt-column", dest="prompt_column")
     p.add_argument("--split")
     p.add_argument("--min-confidence", dest="min_confidence", type=float, help="export only pairs with p_chosen >= this")
+    p.add_argument("--min-valid-principles", dest="min_valid_principles", type=int,
+                   help="principles that must be judged validly in both orders for a pair to become a label (default 1)")
     p.add_argument("--drop-inconsistent", dest="drop_inconsistent", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--max-failure-rate", dest="max_failure_rate", type=float)
     p.add_argument("--concurrency", type=int)

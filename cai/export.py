@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from cai.store import latest_by_id, read_jsonl
+from cai.store import latest_by_id, read_jsonl, write_json_atomic
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -115,7 +115,8 @@ def export_generate_run(run_dir: str | Path) -> dict[str, int]:
 def preference_row(record: dict[str, Any], judge_model: str) -> dict[str, Any]:
     """A judged pair in TRL's conversational preference format, with the soft label and its provenance."""
     p_first = record["p_first"]
-    first_wins = p_first >= 0.5
+    tie = p_first == 0.5
+    first_wins = p_first >= 0.5  # a tie keeps the listed order; `tie` tells hard-label trainers to skip it
     chosen, rejected = (record["first"], record["second"]) if first_wins else (record["second"], record["first"])
     sources = (record["meta"].get("first"), record["meta"].get("second"))
     p_chosen = p_first if first_wins else 1.0 - p_first
@@ -125,6 +126,7 @@ def preference_row(record: dict[str, Any], judge_model: str) -> dict[str, Any]:
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
         "p_chosen": p_chosen,
+        "tie": tie,
         "score_chosen": p_chosen,
         "score_rejected": 1.0 - p_chosen,
         "margin": 2.0 * p_chosen - 1.0,
@@ -149,7 +151,7 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
                      key=lambda r: (r.get("index", 0), r["id"]))
     judge_model = manifest.get("engine", {}).get("model", str(config["engine"].get("model")))
-    preferences, dropped = [], {"low_confidence": 0, "inconsistent": 0}
+    preferences, dropped, ties = [], {"low_confidence": 0, "inconsistent": 0}, 0
     for record in (r for r in records if r["status"] == "ok"):
         row = preference_row(record, judge_model)
         if row["p_chosen"] < config["min_confidence"]:
@@ -158,6 +160,7 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
             dropped["inconsistent"] += 1
         else:
             preferences.append(row)
+            ties += row["tie"]
     raw = [row for r in records for row in judgement_rows(r)]
     invalid = [r for r in records if r["status"] != "ok"]
     out = run_dir / "export"
@@ -168,10 +171,14 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     write_jsonl_atomic(out / "invalid.jsonl", invalid)
     save_datasets(out / "dataset", splits)
     counts = {name: len(rows) for name, rows in splits.items()}
+    write_json_atomic(out / "stats.json", {"kept": len(preferences), "ties": ties, "invalid": len(invalid),
+                                           **{f"dropped_{k}": v for k, v in dropped.items()}})
     summary = (f"AI-labelled preference pairs (RL-CAI): {len(preferences)} pairs kept, {dropped['low_confidence']} "
                f"below p_chosen {config['min_confidence']}, {dropped['inconsistent']} position-inconsistent "
                f"dropped, {len(invalid)} invalid or failed. Judge: `{judge_model}`, "
-               f"{config['principles_per_pair']} principles per pair, both orders.")
+               f"{config['principles_per_pair']} principles per pair, both orders. {ties} exact tie(s) "
+               "(p_chosen = 0.5, `tie: true`): kept at 0.5 for soft losses, skipped by hard-label losses "
+               "(DPO sigmoid/ipo, a reward model without soft labels).")
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary),
                                    encoding="utf-8")
     return counts

@@ -40,6 +40,8 @@ class RunSummary:
     completion_tokens: int = 0
     seconds: float = 0.0
     error_reasons: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Lines a person should read (what the export left out, and why)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -59,6 +61,7 @@ class RunSummary:
             f"generated tokens: {self.completion_tokens} in {self.seconds:.1f} s ({self.tokens_per_second:.1f} tokens/s)",
         ]
         lines += [f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items(), key=lambda x: -x[1])]
+        lines += self.notes
         return "\n".join(lines)
 
 

@@ -158,29 +158,43 @@ async def judge_once(engine: Engine, conversation: Messages, first: str, second:
 
 @dataclass
 class PairLabel:
-    """The aggregate of a pair's judgements: both orders, every sampled principle."""
+    """The aggregate of a pair's judgements: every sampled principle, each in both orders."""
 
     valid: bool
     p_first: float | None
     position_consistency: float | None
-    """Share of principles whose two orders agree on the winner."""
+    """Share of complete principles whose two orders agree on the winner."""
     n_valid: int
+    """Valid judgements, paired or not."""
+    n_principles: int = 0
+    """Principles with both orders valid: the ones the label averages."""
+    n_unpaired: int = 0
+    """Valid judgements whose other order was invalid, left out so their position bias does not leak in."""
     reason: str | None = None
 
 
-def aggregate(judgements: list[Judgement]) -> PairLabel:
-    """Mean of the valid judgements; a principle counts for consistency only when both its orders are valid."""
-    valid = [j for j in judgements if j.valid]
-    if not valid:
-        reasons = sorted({j.reason or "invalid" for j in judgements})
-        return PairLabel(False, None, None, 0, reason="; ".join(reasons))
-    p_first = sum(j.p_first for j in valid) / len(valid)
+def aggregate(judgements: list[Judgement], min_principles: int = 1) -> PairLabel:
+    """Mean over principles of each principle's two-order mean.
+
+    A principle counts only when both its orders are valid: one order alone carries the judge's position bias.
+    With fewer than `min_principles` complete principles the pair is invalid (never a label).
+    """
     by_principle: dict[str, dict[str, float]] = {}
-    for j in valid:
-        by_principle.setdefault(j.principle_id, {})[j.order] = j.p_first
-    both = [v for v in by_principle.values() if len(v) == 2]
-    consistency = (sum((v["AB"] > 0.5) == (v["BA"] > 0.5) for v in both) / len(both)) if both else None
-    return PairLabel(True, p_first, consistency, len(valid))
+    for j in judgements:
+        if j.valid:
+            by_principle.setdefault(j.principle_id, {})[j.order] = j.p_first
+    complete = [v for v in by_principle.values() if len(v) == 2]
+    n_valid = sum(len(v) for v in by_principle.values())
+    unpaired = n_valid - 2 * len(complete)
+    if len(complete) < max(1, min_principles):
+        total = len({j.principle_id for j in judgements})
+        reasons = sorted({j.reason or "invalid" for j in judgements if not j.valid})
+        reason = (f"{len(complete)} of {total} principles judged validly in both orders (minimum "
+                  f"{max(1, min_principles)})" + (f": {'; '.join(reasons)}" if reasons else ""))
+        return PairLabel(False, None, None, n_valid, len(complete), unpaired, reason=reason)
+    p_first = sum((v["AB"] + v["BA"]) / 2 for v in complete) / len(complete)
+    consistency = sum((v["AB"] > 0.5) == (v["BA"] > 0.5) for v in complete) / len(complete)
+    return PairLabel(True, p_first, consistency, n_valid, len(complete), unpaired)
 
 
 def judge_examples(constitution_examples: list, settings: JudgeSettings) -> Messages:
@@ -198,9 +212,9 @@ def judge_examples(constitution_examples: list, settings: JudgeSettings) -> Mess
 async def judge_pair(engine: Engine, conversation: Messages, first: str, second: str,
                      principles: list[PreferencePrinciple], settings: JudgeSettings,
                      option_ids: dict[str, set[int]] | None = None,
-                     examples: Messages = ()) -> tuple[list[Judgement], PairLabel]:
+                     examples: Messages = (), min_principles: int = 1) -> tuple[list[Judgement], PairLabel]:
     """Every (principle, order) comparison of one pair, submitted together, and their aggregate."""
     jobs = [judge_once(engine, conversation, first, second, p, order, settings, option_ids, examples)
             for p in principles for order in ("AB", "BA")]
     judgements = list(await asyncio.gather(*jobs))
-    return judgements, aggregate(judgements)
+    return judgements, aggregate(judgements, min_principles)

@@ -13,13 +13,14 @@ TRL's conversational preference format (`prompt`, `chosen`, `rejected`, plus `p_
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.config import compat_settings, settings_hash
 from cai.constitution import Constitution, load_constitution
@@ -46,6 +47,9 @@ class JudgeConfig(BaseModel):
     """Where the preference principles come from."""
     principles_per_pair: int = Field(default=4, ge=1)
     """M: preference principles sampled for each pair; the label averages over them."""
+    min_valid_principles: int = Field(default=1, ge=1)
+    """A pair becomes a label only when at least this many of its principles were judged validly in both orders
+    (a principle with one valid order is left out: one order alone carries the judge's position bias)."""
     judge_few_shot: int = Field(default=0, ge=0)
     """How many of the constitution's judge examples to prepend."""
     seed: int = 0
@@ -78,6 +82,13 @@ class JudgeConfig(BaseModel):
     """The judge model's engine."""
     policy_engine: EngineConfig | None = None
     """`sampled`: the policy model's engine; the judge's engine when unset."""
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeConfig:
+        if self.min_valid_principles > self.principles_per_pair:
+            raise ValueError(f"min_valid_principles ({self.min_valid_principles}) cannot exceed principles_per_pair "
+                             f"({self.principles_per_pair})")
+        return self
 
 
 _NOT_COMPAT = {"min_confidence", "drop_inconsistent"}  # export filters: changing them needs no new judgements
@@ -133,7 +144,8 @@ class JudgeRun:
                 "meta": pair.meta, "principle_ids": [p.id for p in principles]}
         try:
             judgements, label = await judge_pair(self.engine, pair.prompt, pair.first, pair.second, principles,
-                                                 self.settings, self.option_ids, self.examples)
+                                                 self.settings, self.option_ids, self.examples,
+                                                 self.config.min_valid_principles)
         except RequestError as e:
             self.save({**base, "status": "error", "error_kind": "input", "reason": str(e)})
             return
@@ -145,6 +157,7 @@ class JudgeRun:
         self.summary.completion_tokens += len(judgements)
         self.save({**base, "status": "ok" if label.valid else "invalid", "p_first": label.p_first,
                    "position_consistency": label.position_consistency, "n_valid": label.n_valid,
+                   "n_principles": label.n_principles, "n_unpaired": label.n_unpaired,
                    "reason": label.reason, "judgements": [j.to_dict() for j in judgements]})
 
 
@@ -221,6 +234,10 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     from cai.export import export_judge_run
 
     export_judge_run(store.path)
+    stats = json.loads((store.path / "export" / "stats.json").read_text(encoding="utf-8"))
+    summary.notes.append(f"exported pairs: {stats['kept']} ({stats['ties']} exact ties at p_chosen 0.5, which "
+                         f"hard-label losses skip); dropped: {stats['dropped_low_confidence']} low confidence, "
+                         f"{stats['dropped_inconsistent']} position-inconsistent")
     summary.check_failure_rate(config.max_failure_rate, "pairs failed or were invalid", store.records_path)
     return summary
 

@@ -73,7 +73,10 @@ class DPOConfig(TrainConfig):
     label_smoothing: float = Field(default=0.0, ge=0, le=0.5)
     reference: Literal["auto", "copy", "precompute", "adapter"] = "auto"
     """Reference log-probs: a frozen copy, one pass before training, or the LoRA base with the adapter off.
-    `auto`: adapter with LoRA, else precompute."""
+    `auto`: adapter with LoRA, else precompute. All run on the training device in the training precision."""
+    keep_dropout: bool = False
+    """Train with the model's dropout on. Off by default (as TRL does): the reference log-probs come from the
+    model without dropout, so with it on the policy would differ from its reference at step 0."""
 
     @model_validator(mode="after")
     def _check_reference(self) -> DPOConfig:
@@ -93,10 +96,21 @@ class RewardConfig(TrainConfig):
     eval_fraction: float = Field(default=0.1, ge=0, lt=1)
     soft_labels: bool = True
     """Use each pair's p_chosen (when the data has it) as the Bradley-Terry target instead of 1."""
-    use_margin: bool = True
-    """Subtract a `margin` column (when the data has it) from the reward difference, as in Llama 2."""
+    use_margin: bool = False
+    """Subtract a `margin` column (when the data has it) from the reward difference, as in Llama 2. Only with
+    hard labels (`--no-soft-labels`): a soft target already carries the judge's confidence, and the export's
+    margin (2p - 1) on top would count it twice (the optimum would move from logit(p) to logit(p) + 2p - 1)."""
+    keep_dropout: bool = False
+    """Train with the model's dropout on (off by default, as TRL does for reward and preference training)."""
     center_rewards_coefficient: float = Field(default=0.0, ge=0)
     """Weight of a penalty on (r_chosen + r_rejected)^2 that keeps rewards centred on zero."""
+
+    @model_validator(mode="after")
+    def _check_margin(self) -> RewardConfig:
+        if self.use_margin and self.soft_labels:
+            raise ValueError("use_margin with soft_labels counts the judge's confidence twice (the soft target "
+                             "already holds it): use --no-soft-labels with --use-margin, or drop --use-margin")
+        return self
 
 
 class PPOConfig(TrainConfig):
@@ -115,6 +129,8 @@ class PPOConfig(TrainConfig):
     max_new_tokens: int = Field(default=64, ge=1)
     temperature: float = Field(default=0.7, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    """Must be 1: PPO's log-probabilities are those of softmax(logits / temperature) over the whole vocabulary,
+    and nucleus sampling would draw from another distribution than the one the ratios assume."""
     kl_coef: float = Field(default=0.05, ge=0)
     """Per-token KL penalty against the reference (the starting value when adaptive)."""
     target_kl: float | None = Field(default=None, gt=0)
@@ -129,8 +145,9 @@ class PPOConfig(TrainConfig):
     value_model: Literal["head", "separate"] = "head"
     """`head`: a linear value head on the policy's last hidden state (one forward pass for both);
     `separate`: a critic initialised from the reward model (more memory, no shared features)."""
-    missing_eos_penalty: float | None = None
-    """Subtract this from the score of responses that hit max_new_tokens without ending."""
+    missing_eos_penalty: float = Field(default=1.0, ge=0)
+    """Subtract this from the score of responses that hit max_new_tokens without ending, so a cut-off answer
+    never scores like a finished one (0 turns it off; the reward model's scale sets how large 1.0 is)."""
     reference: Literal["auto", "copy", "adapter"] = "auto"
     """`auto`: the LoRA base with the adapter off when training LoRA, else a frozen copy."""
     eval_prompts: int = Field(default=0, ge=0)
@@ -146,6 +163,9 @@ class PPOConfig(TrainConfig):
                              f"gradient_accumulation_steps ({micro})")
         if self.reference == "adapter" and not self.lora:
             raise ValueError("reference 'adapter' needs lora: true")
+        if self.top_p < 1:
+            raise ValueError(f"top_p={self.top_p}: PPO samples from the full softmax(logits / temperature) its "
+                             "log-probabilities describe; nucleus sampling would bias every ratio (use top_p 1)")
         if self.max_prompt_length + self.max_new_tokens > self.max_length:
             raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
                              f"must fit in max_length ({self.max_length})")

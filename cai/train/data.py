@@ -108,6 +108,33 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
                                               return_dict=False))
 
 
+def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int,
+               ) -> tuple[list[dict[str, str]], list[int]]:
+    """The conversation cut to fit `max_tokens` rendered (with the generation prompt), and its ids.
+
+    The oldest words go first, taken from the earliest non-system turn that still has any; the template's own
+    head (BOS, the system prompt) and every turn's markers stay, so the model still sees a well-formed chat. Since
+    the result is a conversation, not a slice of ids, a reward model with another template can render exactly
+    what the policy saw. Only when nothing is left to cut (a system prompt alone too long) are the ids cut on
+    the left as a last resort.
+    """
+    ids = _render(tokenizer, messages, True)
+    messages = [dict(m) for m in messages]
+    while len(ids) > max_tokens:
+        turn = next((m for m in messages if m["role"] != "system" and m["content"]), None)
+        if turn is None:
+            return messages, ids[-max_tokens:]
+        words = tokenizer.encode(turn["content"], add_special_tokens=False)
+        turn["content"] = tokenizer.decode(words[max(1, len(ids) - max_tokens):]).lstrip()
+        ids = _render(tokenizer, messages, True)
+    return messages, ids
+
+
+def is_tie(row: dict[str, Any]) -> bool:
+    """A pair the judge could not separate (p_chosen exactly 0.5): a soft target, never a hard label."""
+    return row.get("tie") is True or row.get("p_chosen") == 0.5
+
+
 def tokenize_sft(rows: list[dict], tokenizer: Any, limits: Truncation) -> tuple[list[dict], int]:
     """input_ids and labels (assistant tokens only); returns the examples and how many were dropped."""
     check_columns(rows, ("messages",), "SFT data")
@@ -137,9 +164,11 @@ def tokenize_sft(rows: list[dict], tokenizer: Any, limits: Truncation) -> tuple[
     return examples, dropped
 
 
-def tokenize_preferences(rows: list[dict], tokenizer: Any, limits: Truncation,
-                         need_p: bool = False) -> tuple[list[dict], int]:
-    """Prompt ids (left-truncated to max_prompt_length) and chosen/rejected response ids (cut to fit max_length)."""
+def tokenize_preferences(rows: list[dict], tokenizer: Any, limits: Truncation, need_p: bool = False,
+                         hard_labels: bool = False) -> tuple[list[dict], int]:
+    """Prompt ids (cut to max_prompt_length by `fit_prompt`) and chosen/rejected response ids (cut to fit
+    max_length); returns the examples and how many rows were dropped. With `hard_labels` (a loss that reads
+    chosen as simply better) exact ties are dropped too: a coin flip must not train at full strength."""
     check_columns(rows, ("prompt", "chosen", "rejected"), "preference data")
     if need_p:
         check_columns(rows, ("p_chosen",), "preference data for the soft loss")
@@ -157,9 +186,12 @@ def tokenize_preferences(rows: list[dict], tokenizer: Any, limits: Truncation,
         if responses[0] == responses[1]:
             raise DataError(f"preference row {index}: chosen and rejected are identical")
         p = row.get("p_chosen", 1.0)
-        if p is None or not isinstance(p, int | float) or math.isnan(p) or not 0.0 <= p <= 1.0:
+        if p is None or isinstance(p, bool) or not isinstance(p, int | float) or math.isnan(p) or not 0.0 <= p <= 1.0:
             raise DataError(f"preference row {index}: p_chosen must be a number in [0, 1], got {p!r}")
-        prompt_ids = prompt_ids[-limits.max_prompt_length:]
+        if hard_labels and is_tie(row):
+            dropped += 1
+            continue
+        prompt_ids = fit_prompt(tokenizer, prompt, limits.max_prompt_length)[1]
         room = limits.max_length - len(prompt_ids)
         chosen, rejected = (r[:room] for r in responses) if room > 0 else ([], [])
         if not chosen or not rejected or chosen == rejected:  # nothing left to prefer

@@ -2,9 +2,11 @@
 
     cai train dpo --data outputs/judge-run --out outputs/dpo-model --loss-type soft --beta 0.1
 
-Chosen and rejected run through the model in one concatenated batch. The reference log-probabilities come from
-one pass before training (`precompute`, the default without LoRA), a frozen copy (`copy`), or, with LoRA, the
-same model with its adapter switched off (`adapter`).
+Chosen and rejected run through the model in one concatenated batch, with logits computed only from the first
+response position on. The reference log-probabilities come from one pass before training (`precompute`, the
+default without LoRA), a frozen copy (`copy`), or, with LoRA, the same model with its adapter switched off
+(`adapter`); every one runs on the training device under the training precision, so the policy equals its
+reference at step 0. Dropout is off unless `--keep-dropout`. Hard-label losses (sigmoid, ipo) skip exact ties.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from collections.abc import Callable
 import torch
 
 from cai.train.config import DPOConfig
-from cai.train.data import IGNORE, DataError, Truncation, load_rows, tokenize_preferences
-from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer, pad
+from cai.train.data import IGNORE, DataError, Truncation, is_tie, load_rows, tokenize_preferences
+from cai.train.loop import Trainer, add_lora, disable_dropout, load_model_and_tokenizer, pad
 from cai.train.losses import preference_loss, sequence_logps
 from cai.train.sft import split_eval
 
@@ -41,22 +43,45 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = sequence_logps(logits[:, :-1], batch["labels"][:, 1:])
+    """Summed response log-probs of the chosen half and the rejected half of a `collate_pairs` batch.
+
+    Logits are computed only from the position before the earliest response token on (`logits_to_keep`): the
+    prompt's logits are never needed, and at a 50k-250k vocabulary they are most of the memory of a step."""
+    labels = batch["labels"]
+    labelled = (labels != IGNORE).any(0).nonzero()
+    first = max(1, int(labelled[0])) if len(labelled) else 1
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=labels.shape[1] - first + 1).logits
+    logps = sequence_logps(logits[:, :-1], labels[:, first:])
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
 
 
 @torch.no_grad()
-def precompute_reference(model: torch.nn.Module, examples: list[dict], pad_id: int, batch_size: int) -> None:
-    """Store each example's reference log-probs (`ref_chosen`, `ref_rejected`) from the model as it is now."""
+def precompute_reference(model: torch.nn.Module, examples: list[dict], collate: Callable, batch_size: int,
+                         to_device: Callable, autocast: Callable) -> None:
+    """Store each example's reference log-probs (`ref_chosen`, `ref_rejected`) from the model as it is now, on
+    its device and under the training precision (`autocast`), in eval mode."""
+    was_training = model.training
     model.eval()
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
-        chosen, rejected = pair_logps(model, collate_pairs(chunk, pad_id))
+        with autocast():
+            chosen, rejected = pair_logps(model, to_device(collate(chunk)))
         for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
             e["ref_chosen"], e["ref_rejected"] = c, r
-    model.train()
+    model.train(was_training)
+
+
+class DPOTrainer(Trainer):
+    """The shared loop; with `precompute`, the reference pass runs once the model sits on its device in its
+    training precision (after accelerate's `prepare`), before any checkpoint is restored."""
+
+    def __init__(self, *args, precompute: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if precompute:
+            precompute_reference(self.accelerator.unwrap_model(self.model), self.train_examples + self.eval_examples,
+                                 self.collate, self.config.batch_size, self._to_device, self.accelerator.autocast)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,22 +113,23 @@ def prepare_dpo(config: DPOConfig) -> Trainer:
     model, tokenizer, path = load_model_and_tokenizer(config, torch.float32)
     limits = Truncation(config.max_length, config.max_prompt_length)
     need_p = config.loss_type == "soft"
-    examples, dropped = tokenize_preferences(load_rows(config.data, config.split, "dpo"), tokenizer, limits, need_p)
+    rows = load_rows(config.data, config.split, "dpo")
+    examples, dropped = tokenize_preferences(rows, tokenizer, limits, need_p, hard_labels=not need_p)
+    ties = 0 if need_p else sum(map(is_tie, rows))
     if not examples:
         raise DataError(f"all {dropped} pairs were truncated away (max_length={config.max_length}, "
                         f"max_prompt_length={config.max_prompt_length})")
     train, held_out = split_eval(examples, config.eval_fraction, config.seed)
     if config.eval_data:
         held_out, _ = tokenize_preferences(load_rows(config.eval_data, config.split, "dpo"), tokenizer, limits,
-                                           need_p)
+                                           need_p, hard_labels=not need_p)
     mode = config.reference_mode
-    reference = None
-    if mode == "precompute":
-        precompute_reference(model, train + held_out, tokenizer.pad_token_id, config.batch_size)
-    elif mode == "copy":
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if not config.keep_dropout:
+        disable_dropout(model)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if mode == "copy" else None
     if config.lora:
         model = add_lora(model, config)
-    return Trainer(config, model, tokenizer, train, lambda b: collate_pairs(b, tokenizer.pad_token_id),
-                   make_dpo_loss(config, reference), held_out,
-                   {"task": "dpo", "model_path": path, "dropped_examples": dropped, "reference": mode})
+    return DPOTrainer(config, model, tokenizer, train, lambda b: collate_pairs(b, tokenizer.pad_token_id),
+                      make_dpo_loss(config, reference), held_out,
+                      {"task": "dpo", "model_path": path, "dropped_examples": dropped, "ties_skipped": ties,
+                       "reference": mode}, precompute=mode == "precompute")

@@ -51,6 +51,16 @@ def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUS
     return get_peft_model(model, lora)
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout of the model: `nn.Dropout` modules and the attention dropout that transformers'
+    attention layers apply functionally (read from their `attention_dropout` attribute in training mode)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
             drop_last: bool = False) -> list[list[int]]:
     """This process's batches of example indices for one epoch (a seeded permutation, split by rank)."""
@@ -300,17 +310,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out loss and metrics, in eval mode (no dropout) and in the training precision (autocast, so a
+        reference and its policy are compared in the same arithmetic); the model's mode is restored after."""
+        was_training = self.model.training
         self.model.eval()
         sums: dict[str, float] = {}
         count = 0
         for start in range(0, len(self.eval_examples), self.config.batch_size):
             chunk = self.eval_examples[start: start + self.config.batch_size]
-            loss, metrics, _ = self.loss_fn(self.model, self._to_device(self.collate(chunk)))
+            with self.accelerator.autocast():
+                loss, metrics, _ = self.loss_fn(self.model, self._to_device(self.collate(chunk)))
             sums["eval/loss"] = sums.get("eval/loss", 0.0) + float(loss) * len(chunk)
             for name, values in metrics.items():
                 sums[f"eval/{name}"] = sums.get(f"eval/{name}", 0.0) + float(values.float().sum())
             count += len(chunk)
-        self.model.train()
+        self.model.train(was_training)
         return {name: value / count for name, value in sums.items()}
 
     def save_final(self) -> None:

@@ -4,8 +4,9 @@ With policy and reference log-probabilities of the chosen and rejected responses
     delta = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
     sigmoid: -[(1 - eps) log sig(beta delta) + eps log sig(-beta delta)]       (DPO with label smoothing eps)
     soft:    -[q log sig(beta delta) + (1 - q) log sig(-beta delta)], q = (1 - eps) p + eps (1 - p)
-             where p is the judge's p_chosen: a 55% judgement pushes less than a 95% one, and p = 0.5 pushes
-             toward delta = 0 (no gradient where the policy still equals the reference)
+             where p is the judge's p_chosen. Its gradient in delta is beta (sig(beta delta) - q): it pulls
+             beta delta toward logit(q), so a 55% judgement pushes less than a 95% one, and p = 0.5 pulls
+             delta back to 0 (no push while the policy equals its reference, a pull back once it moved)
     ipo:     (delta - 1 / (2 beta))^2                                          (Azar et al., on summed log-probs)
 The implicit rewards are beta (logp - ref); `rewards/accuracies` is the share where chosen's beats rejected's.
 """
@@ -52,13 +53,17 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Sum of log-probabilities of the labelled tokens of each sequence (labels already aligned with logits:
-    position t predicts labels[t]); positions with `ignore_index` do not count."""
+    position t predicts labels[t]); positions with `ignore_index` do not count.
+
+    One sequence at a time: gather - logsumexp gives log_softmax's numbers without a [batch, length, vocab]
+    temporary (logsumexp's own exp buffer is one sequence wide), which is most of a preference step's peak."""
     mask = labels != ignore_index
     safe = labels.masked_fill(~mask, 0)
-    logits = logits.float()
-    # gather - logsumexp gives the same numbers as log_softmax without materialising it over the vocabulary
-    token_logps = torch.gather(logits, 2, safe.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logps * mask).sum(-1)
+    rows = []
+    for row_logits, row_labels in zip(logits, safe, strict=True):
+        row_logits = row_logits.float()
+        rows.append(torch.gather(row_logits, 1, row_labels.unsqueeze(-1)).squeeze(-1) - row_logits.logsumexp(-1))
+    return (torch.stack(rows) * mask).sum(-1)
 
 
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_chosen: torch.Tensor | None = None,

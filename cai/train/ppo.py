@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cai.train.config import PPOConfig
-from cai.train.data import DataError, _render
+from cai.train.data import DataError, fit_prompt
 from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer
 from cai.train.ppo_math import (
     KLController,
@@ -33,7 +33,7 @@ from cai.train.ppo_math import (
     whiten,
 )
 from cai.train.reward import RewardScorer, load_reward_model, token_scores
-from cai.train.rollouts import RolloutGenerator, TransformersRollouts, rollout_batch
+from cai.train.rollouts import RolloutGenerator, TransformersRollouts, response_texts, rollout_batch
 from cai.train.sft import split_eval
 
 
@@ -144,11 +144,10 @@ class PPOTrainer(Trainer):
         prompt_ids = [e["prompt_ids"] for e in examples]
         responses = self.rollouts.generate(prompt_ids)
         batch = self._to_device(rollout_batch(prompt_ids, responses, self.tokenizer.pad_token_id))
-        texts = self.tokenizer.batch_decode(batch["response_ids"] * batch["response_mask"].long(),
-                                            skip_special_tokens=True)
+        texts = response_texts(self.tokenizer, responses)
         raw = torch.tensor(self.scorer.score([e["messages"] for e in examples], texts), device=self.accelerator.device)
         scores = raw.clone()
-        if self.config.missing_eos_penalty is not None:
+        if self.config.missing_eos_penalty:
             ended = torch.tensor([r[-1] in self.rollouts.stop for r in responses], device=raw.device)
             scores[~ended] -= self.config.missing_eos_penalty
         return batch, raw, scores
@@ -310,9 +309,12 @@ def load_prompt_examples(source: str, tokenizer: Any, limit: int | None, max_pro
     problems = [item for item in items if isinstance(item, InputProblem)]
     for problem in problems[:5]:
         print(f"cai: skipping prompt {problem.id}: {problem.reason}")
-    examples = [{"id": item.id, "messages": item.messages,
-                 "prompt_ids": _render(tokenizer, item.messages, True)[-max_prompt_length:]}
-                for item in items if not isinstance(item, InputProblem)]
+    examples = []
+    for item in items:
+        if not isinstance(item, InputProblem):
+            # the reward model later scores these (cut) messages: the prompt the policy actually saw
+            messages, prompt_ids = fit_prompt(tokenizer, item.messages, max_prompt_length)
+            examples.append({"id": item.id, "messages": messages, "prompt_ids": prompt_ids})
     if not examples:
         raise DataError(f"{source}: no usable prompts ({len(problems)} problem rows)")
     return examples

@@ -7,7 +7,8 @@ batched scoring of (prompt, response) pairs with it.
 
 The saved folder is a plain `AutoModelForSequenceClassification` checkpoint (num_labels=1), so transformers,
 TRL and vLLM's reward/classify runner load it as it is. The score of a sequence is the head's output on its last
-token (the end of the assistant turn as the chat template renders it).
+token that is not the pad token: the position transformers' `ForSequenceClassification` pools, so the saved folder
+scores the same there (with pad = eos, as Llama-3 ships, that is the token before a final eos).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 
 from cai.train.config import RewardConfig
-from cai.train.data import DataError, Truncation, _as_messages, _render, load_rows, tokenize_preferences
+from cai.train.data import DataError, Truncation, _as_messages, _render, fit_prompt, load_rows, tokenize_preferences
 from cai.train.dpo import collate_pairs
-from cai.train.loop import Trainer, add_lora, pad
+from cai.train.loop import Trainer, add_lora, disable_dropout, pad
 from cai.train.losses import reward_loss
 from cai.train.sft import split_eval
 
@@ -69,14 +70,28 @@ def token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     return head(hidden).squeeze(-1).float()
 
 
-def last_index(attention_mask: torch.Tensor) -> torch.Tensor:
+def last_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None) -> torch.Tensor:
+    """The scored position of each row: the last attended token whose id is not the pad id (transformers'
+    pooling rule for sequence classification), the last attended token when every one is a pad id."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask * positions).argmax(-1)
+    attended = attention_mask.bool()
+    fallback = (attended * positions).argmax(-1)
+    if pad_id is None:
+        return fallback
+    real = attended & (input_ids != pad_id)
+    return torch.where(real.any(-1), (real * positions).argmax(-1), fallback)
+
+
+def _pad_id(model: torch.nn.Module) -> int | None:
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model.config, "pad_token_id", None)
 
 
 def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     scores = token_scores(model, input_ids, attention_mask)
-    return scores[torch.arange(len(scores), device=scores.device), last_index(attention_mask)]
+    index = last_index(input_ids, attention_mask, _pad_id(model))
+    return scores[torch.arange(len(scores), device=scores.device), index]
 
 
 def reward_loss_fn(config: RewardConfig):
@@ -100,24 +115,35 @@ def collate_reward_pairs(examples: list[dict], pad_id: int, soft: bool, margin: 
     return batch
 
 
+def calibration_error(p_model: list[float], p_target: list[float], bins: int = 10) -> float:
+    """ECE of a model trained toward soft targets: pairs binned by sigma(r_c - r_r) in [0, 1], and per bin the
+    gap between the mean prediction and the mean target p (the judge's p_chosen; 1 for hard labels)."""
+    buckets: list[list[tuple[float, float]]] = [[] for _ in range(bins)]
+    for predicted, target in zip(p_model, p_target, strict=True):
+        buckets[min(int(predicted * bins), bins - 1)].append((predicted, target))
+    return sum(len(b) / len(p_model) * abs(sum(x for x, _ in b) - sum(y for _, y in b)) / len(b)
+               for b in buckets if b)
+
+
 class RewardTrainer(Trainer):
     """The shared loop; evaluation adds calibration over the whole held-out split (ECE needs all of it)."""
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        from cai.judge_eval import expected_calibration_error
-
-        self.model.eval()
+        was_training = self.model.training
         result = super().evaluate()
-        p_model = []
+        self.model.eval()
+        p_model, p_target = [], []
         for start in range(0, len(self.eval_examples), self.config.batch_size):
             batch = self._to_device(self.collate(self.eval_examples[start: start + self.config.batch_size]))
-            scores = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
+            with self.accelerator.autocast():
+                scores = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
             half = scores.shape[0] // 2
             p_model += torch.sigmoid(scores[:half] - scores[half:]).tolist()
-        self.model.train()
+            p_target += batch["p_chosen"].tolist() if "p_chosen" in batch else [1.0] * half
+        self.model.train(was_training)
         if p_model:
-            result["eval/ece"] = expected_calibration_error(p_model)
+            result["eval/ece"] = calibration_error(p_model, p_target)
             result["eval/pairs"] = float(len(p_model))
         return result
 
@@ -130,7 +156,7 @@ def prepare_reward(config: RewardConfig) -> RewardTrainer:
         rows = load_rows(source, config.split, "rm")
         soft = config.soft_labels and "p_chosen" in rows[0]
         margin = config.use_margin and "margin" in rows[0]
-        examples, dropped = tokenize_preferences(rows, tokenizer, limits, need_p=soft)
+        examples, dropped = tokenize_preferences(rows, tokenizer, limits, need_p=soft, hard_labels=not soft)
         for e in examples:
             if margin:
                 value = rows[e["index"]].get("margin")
@@ -145,6 +171,8 @@ def prepare_reward(config: RewardConfig) -> RewardTrainer:
     train, held_out = split_eval(examples, config.eval_fraction, config.seed)
     if config.eval_data:
         held_out = tokenize(config.eval_data)[0]
+    if not config.keep_dropout:
+        disable_dropout(model)
     if config.lora:
         model = add_lora(model, config, task_type="SEQ_CLS")
     return RewardTrainer(config, model, tokenizer, train,
@@ -172,7 +200,7 @@ class RewardScorer:
         if full[: len(prompt_ids)] != prompt_ids:  # a template that rewrites earlier turns: keep the end
             return full[-self.limits.max_length:]
         response_ids = full[len(prompt_ids):]
-        prompt_ids = prompt_ids[-self.limits.max_prompt_length:]
+        prompt_ids = fit_prompt(self.tokenizer, prompt, self.limits.max_prompt_length)[1]
         return prompt_ids + response_ids[: max(1, self.limits.max_length - len(prompt_ids))]
 
     @torch.no_grad()

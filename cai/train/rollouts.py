@@ -64,23 +64,49 @@ class TransformersRollouts:
     def sync_weights(self, policy: torch.nn.Module) -> None:
         self.policy = policy
 
+    def sampling_config(self) -> Any:
+        """Exactly what PPO's log-probabilities account for: softmax(logits / T) over the whole vocabulary."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0,
+                                max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                eos_token_id=sorted(self.stop))
+
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         was_training = self.policy.training
         self.policy.eval()
         device = next(self.policy.parameters()).device
+        # transformers fills a passed config's unset fields from the model's own generation_config (a checkpoint's
+        # repetition_penalty, top_k, suppress_tokens ...), which would sample from another distribution than
+        # the one PPO scores: the model's config is swapped for a fresh one while sampling.
+        model = hf_model(self.policy)
+        saved, model.generation_config = model.generation_config, self.sampling_config()
         out: list[list[int]] = []
         step = self.batch_size or len(prompt_ids)
-        for start in range(0, len(prompt_ids), step):
-            ids, mask = left_pad(prompt_ids[start: start + step], self.tokenizer.pad_token_id)
-            generated = self.policy.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                temperature=self.temperature, top_p=self.top_p, top_k=0, max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop))
-            out += [cut_at_end(row[ids.shape[1]:].tolist(), self.stop) for row in generated]
-        if was_training:
-            self.policy.train()
+        try:
+            for start in range(0, len(prompt_ids), step):
+                ids, mask = left_pad(prompt_ids[start: start + step], self.tokenizer.pad_token_id)
+                generated = self.policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                                 generation_config=model.generation_config)
+                out += [cut_at_end(row[ids.shape[1]:].tolist(), self.stop) for row in generated]
+        finally:
+            model.generation_config = saved
+            self.policy.train(was_training)
         return out
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP and peft wrappers (the one whose generation_config `generate` reads)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def response_texts(tokenizer: Any, responses: list[list[int]]) -> list[str]:
+    """The sampled responses as text, from exactly their own tokens (never the padded batch, whose pad
+    positions would decode as some vocabulary entry)."""
+    return [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
 
 
 def rollout_batch(prompt_ids: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
