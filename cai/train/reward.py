@@ -21,7 +21,15 @@ from typing import Any
 import torch
 
 from cai.train.config import RewardConfig
-from cai.train.data import DataError, Truncation, _as_messages, _render, fit_prompt, load_rows, tokenize_preferences
+from cai.train.data import (
+    DataError,
+    Truncation,
+    _as_messages,
+    _render,
+    fit_prompt,
+    load_rows,
+    tokenize_preferences,
+)
 from cai.train.dpo import collate_pairs
 from cai.train.loop import Trainer, add_lora, disable_dropout, pad
 from cai.train.losses import reward_loss
