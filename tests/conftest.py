@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,17 @@ def limited_file_size(max_bytes: int):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
     return apply
+
+
+def kill_when(proc: subprocess.Popen, due, budget_s: float = 600, poll_s: float = 0.005) -> bool:
+    """SIGKILL `proc`'s process group as soon as `due()` holds; False when it finished first. Events, not
+    timers: the same kills land on a slow or a fast machine."""
+    deadline = time.monotonic() + budget_s
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the process neither finished nor reached its kill event"
+        if due():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            return True
+        time.sleep(poll_s)
+    return False

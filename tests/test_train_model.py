@@ -3,11 +3,8 @@ soft labels at 0.5 give no gradient, SFT lowers its loss, LoRA, resume after SIG
 in vLLM."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from cai.train.config import DPOConfig, TrainConfig
 from cai.train.data import DataError
 from cai.train.dpo import collate_pairs, prepare_dpo
 from cai.train.sft import prepare_sft
-from tests.conftest import TEST_ENGINE, limited_file_size
+from tests.conftest import TEST_ENGINE, kill_when, limited_file_size
 
 SHORT = {"max_length": 96, "max_prompt_length": 32, "progress": False}
 
@@ -153,35 +150,29 @@ def _params(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_random_sigkills_then_resume_match_an_uninterrupted_run(pairs_file, tmp_path):
-    """Killed at seeded random moments (start-up, mid-step, mid-checkpoint), resumed each time with --resume."""
-    import random
-
+    """Killed on events (at start-up once the manifest is written, then in the middle of writing the step-4
+    checkpoint), resumed each time with --resume: the same kills land on a slow or a fast machine."""
     base = [sys.executable, "-m", "cai", "train", "dpo", "--data", str(pairs_file), "--batch-size", "2",
             "--max-steps", "6", "--save-steps", "2", "--save-total-limit", "1", "--learning-rate", "5e-5",
             "--max-length", "96", "--max-prompt-length", "32", "--no-progress"]
-    started = time.monotonic()
     straight = subprocess.run(base + ["--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    whole_run = time.monotonic() - started  # kill moments scale with this machine's speed
 
-    command = base + ["--out", str(tmp_path / "b"), "--resume"]
-    rng, kills, seen = random.Random(3), 0, set()
-    while kills < 2:
+    out = tmp_path / "b"
+    command = base + ["--out", str(out), "--resume"]
+    events = [lambda: (out / "train_manifest.json").exists(),  # start-up done, before the first step ends
+              lambda: (out / "checkpoints" / "step-4.partial").exists()]  # mid-checkpoint
+    seen = []
+    for due in events:
         proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        try:
-            assert proc.wait(timeout=rng.uniform(0.4, 1.0) * whole_run) == 0
-            break  # finished before its kill: nothing left to interrupt
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-            kills += 1
-        checkpoints = sorted((tmp_path / "b" / "checkpoints").glob("step-*")) if (tmp_path / "b").exists() else []
+        assert kill_when(proc, due), "the run finished before its kill event"
+        checkpoints = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
         for folder in checkpoints:  # a checkpoint folder is whole (a .partial one is ignored and replaced)
             assert folder.name.endswith(".partial") or (folder / "trainer_state.json").is_file()
-        seen.add(max((int(c.name.split("-")[1]) for c in checkpoints if not c.name.endswith(".partial")),
-                     default=0))
-    assert kills >= 2 and len(seen) >= 2  # kills landed at different points of the run
+        seen.append(max((int(c.name.split("-")[1]) for c in checkpoints if not c.name.endswith(".partial")),
+                        default=0))
+    assert seen == [0, 2]  # killed before any checkpoint, then while step 4's was written (step 2's whole)
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,8 @@ resumable batch order, checkpoints, evaluation, and metrics in JSONL (plus Tenso
 
 A task supplies `loss(model, batch) -> (loss, per-example metrics, tokens)`; everything else lives here. Batches
 are drawn from a seeded permutation per epoch and split across processes, so `--resume` continues exactly where a
-checkpoint left off. Multi-GPU and multi-node: `accelerate launch -m cai train ...`.
+checkpoint left off. Multi-GPU and multi-node: `accelerate launch -m cai train ...`; several CPU processes:
+`accelerate launch --multi_gpu --num_processes 2 -m cai train ...` (gloo). Logged metrics are global means.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class Trainer:
 
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-        self.accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+        self.accelerator = Accelerator(cpu=_distributed_without_accelerator(),
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps,
                                        mixed_precision="bf16" if config.bf16 else "no",
                                        log_with=trackers or None, project_dir=str(self.out))
         set_seed(config.seed)
@@ -152,7 +154,7 @@ class Trainer:
             self.accelerator.init_trackers("cai", config=config.model_dump(mode="json"))
         self.manifest = {"config": config.model_dump(mode="json"), "examples": len(train),
                          "eval_examples": len(self.eval_examples), "total_steps": self.total_steps,
-                         **(extra_manifest or {})}
+                         "processes": world, **(extra_manifest or {})}
 
     # --- what a task may change ---------------------------------------------------------------------------------
     drop_last = False
@@ -274,15 +276,26 @@ class Trainer:
             self.step += 1
             if self.step % config.logging_steps == 0 or self.step == self.total_steps:
                 elapsed = time.monotonic() - started
-                last = {name: sum(v) / len(v) for name, v in window.items()}
+                last = self.global_mean({name: sum(v) / len(v) for name, v in window.items()})
+                all_tokens = int(self.global_mean({"tokens": tokens})["tokens"] * self.accelerator.num_processes)
                 last.update({"learning_rate": self.scheduler.get_last_lr()[0], "epoch": self.epoch,
-                             "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9)})
+                             "tokens": all_tokens, "tokens_per_s": all_tokens / max(elapsed, 1e-9)})
                 self.log.write(self.step, last)
                 window = {}
                 if bar is not None:
                     bar.set_postfix_str(f"loss {last['loss']:.4f}, {last['tokens_per_s']:.0f} tok/s")
             self.end_of_step(bar)
         return self.finish(bar, last)
+
+    def global_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the processes (every process calls this at the same step), so what is logged
+        describes the whole global batch, not rank 0's share of it."""
+        if self.accelerator.num_processes == 1 or not values:
+            return values
+        names = sorted(values)
+        local = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=self.accelerator.device)
+        reduced = self.accelerator.reduce(local, reduction="mean")
+        return dict(zip(names, reduced.tolist(), strict=True))
 
     def end_of_step(self, bar: Any) -> None:
         """Progress, then the periodic evaluation and checkpoint (none at the last step: `finish` follows)."""
@@ -338,6 +351,18 @@ class Trainer:
             model.save_pretrained(self.out, safe_serialization=True)
             self.tokenizer.save_pretrained(self.out)
         self.accelerator.wait_for_everyone()
+
+
+def _distributed_without_accelerator() -> bool:
+    """Several processes (WORLD_SIZE > 1) on a machine with no GPU: accelerate needs `cpu=True` to join them
+    over gloo (otherwise each process silently trains alone on its share of every batch)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                or torch.backends.mps.is_available())
 
 
 def _installed(tracker: str) -> bool:

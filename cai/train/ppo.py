@@ -219,7 +219,8 @@ class PPOTrainer(Trainer):
             "time/rollout_s": rollout_seconds,
             "time/step_s": time.monotonic() - started,
         })
-        self.kl.update(float(kl_sum.mean()), n * self.accelerator.num_processes)
+        # every process adapts the coefficient from the global mean KL, so they keep one value
+        self.kl.update(self.global_mean({"kl": float(kl_sum.mean())})["kl"], n * self.accelerator.num_processes)
         self.episodes += n * self.accelerator.num_processes
         result["episodes"] = self.episodes
         self.rollouts.sync_weights(self.unwrapped.policy)
@@ -244,6 +245,7 @@ class PPOTrainer(Trainer):
             self.step += 1
             tokens += int(values["response_length"] * config.rollout_batch_size)
             if self.step % config.logging_steps == 0 or self.step == self.total_steps:
+                values = self.global_mean(values)
                 values.update({"learning_rate": self.scheduler.get_last_lr()[0], "epoch": self.epoch,
                                "tokens": tokens, "tokens_per_s": tokens / max(time.monotonic() - started, 1e-9)})
                 self.log.write(self.step, values)

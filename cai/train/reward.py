@@ -78,28 +78,11 @@ def token_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask
     return head(hidden).squeeze(-1).float()
 
 
-def last_index(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int | None) -> torch.Tensor:
-    """The scored position of each row: the last attended token whose id is not the pad id (transformers'
-    pooling rule for sequence classification), the last attended token when every one is a pad id."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    attended = attention_mask.bool()
-    fallback = (attended * positions).argmax(-1)
-    if pad_id is None:
-        return fallback
-    real = attended & (input_ids != pad_id)
-    return torch.where(real.any(-1), (real * positions).argmax(-1), fallback)
-
-
-def _pad_id(model: torch.nn.Module) -> int | None:
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model.config, "pad_token_id", None)
-
-
 def sequence_scores(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    scores = token_scores(model, input_ids, attention_mask)
-    index = last_index(input_ids, attention_mask, _pad_id(model))
-    return scores[torch.arange(len(scores), device=scores.device), index]
+    """One score per sequence from the model's own forward: transformers pools the head's output at the last
+    token that is not the pad token, so these are the numbers the saved checkpoint gives anywhere. Going through
+    the (possibly DDP-wrapped) forward also keeps multi-process gradients synchronised."""
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
 
 def reward_loss_fn(config: RewardConfig):

@@ -1,4 +1,4 @@
-"""Crash safety, measured: `cai generate` and `cai judge` are SIGKILLed at 20 seeded random moments each (against a
+"""Crash safety, measured: `cai generate` and `cai judge` are SIGKILLed at 20 seeded random events each (against a
 real `vllm serve` on loopback, so each restart costs seconds, not an engine start) and resumed every time; a DPO
 run is killed at random moments between checkpoints (tests/test_train_model.py); writes that fail for real (a file-size limit, the kernel's
 EFBIG, standing in for a full disk) end runs with a clear message and leave every earlier record readable.
@@ -11,7 +11,6 @@ equals an uninterrupted run's (greedy decoding and judge log-probs, so the conte
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cai.store import read_jsonl
-from tests.conftest import limited_file_size
+from tests.conftest import kill_when, limited_file_size
 
 pytestmark = pytest.mark.engine
 KILLS = int(os.environ.get("CAI_TEST_KILLS", "20"))
@@ -38,33 +37,45 @@ def whole_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line]
 
 
-def kill_at_random_moments(command: list[str], records: Path, kills: int, seed: int, window: tuple[float, float],
-                           log_dir: Path, budget_s: float = 600) -> list[dict]:
-    """Start `command` again and again, SIGKILLing its process group at a seeded random moment in `window` seconds
-    after each start, until `kills` kills are done (a start that finishes first just counts as a finished
-    rerun). After each kill, the records on disk are checked. Returns one entry per start."""
+def line_count(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def kill_on_events(command: list[str], records: Path, kills: int, seed: int, total: int, log_dir: Path,
+                   budget_s: float = 900) -> list[dict]:
+    """Start `command` again and again and SIGKILL its process group at a seeded random event, until `kills`
+    kills are done: at start-up (the moment the run's manifest is written, before any new record) or mid-run
+    (the moment 1-3 more records are on disk, plus a random 0-50 ms so some land inside a write). A start that
+    finishes first counts as a finished rerun. After each kill the records on disk are checked. Returns one
+    entry per start."""
     rng = random.Random(seed)
+    manifest = records.parent / "manifest.json"
     history: list[dict] = []
     deadline = time.monotonic() + budget_s
     while sum(h["killed"] for h in history) < kills:
         assert time.monotonic() < deadline, f"harness ran out of time after {len(history)} starts"
-        delay = rng.uniform(*window)
         before = len(whole_lines(records))
+        at_startup = not history or before >= total or rng.random() < 0.3
+        target, extra = before + rng.randint(1, 3), rng.uniform(0, 0.05)
+        opened = manifest.stat().st_mtime_ns if manifest.exists() else None
+        mark: list[float] = []
+
+        def due(at_startup=at_startup, opened=opened, mark=mark, target=target, extra=extra) -> bool:
+            if at_startup:
+                return manifest.exists() and manifest.stat().st_mtime_ns != opened
+            if not mark and line_count(records) >= target:
+                mark.append(time.monotonic())
+            return bool(mark) and time.monotonic() - mark[0] >= extra
+
         with open(log_dir / "last-start.log", "wb") as err:
             proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                code = proc.wait(timeout=delay)
-                killed = False
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=60)
-                code, killed = None, True
-        assert killed or code == 0, (log_dir / "last-start.log").read_text()[-3000:]
+            killed = kill_when(proc, due)
+        assert killed or proc.returncode == 0, (log_dir / "last-start.log").read_text()[-3000:]
         parsed = whole_lines(records)
         ids = [r["id"] for r in parsed]
         assert len(ids) == len(set(ids)), "a record was written twice"
-        history.append({"delay": round(delay, 2), "killed": killed, "records_before": before,
-                        "records_after": len(parsed)})
+        history.append({"event": "startup" if at_startup else f"record {target}", "killed": killed,
+                        "records_before": before, "records_after": len(parsed)})
     return history
 
 
@@ -91,7 +102,7 @@ def test_generate_survives_20_random_sigkills(generate_command, tmp_path):
     base, out = generate_command
     command = base + ["--run-name", "killed"]
     records = out / "killed" / "records.jsonl"
-    history = kill_at_random_moments(command, records, KILLS, seed=1, window=(0.3, 3.5), log_dir=tmp_path)
+    history = kill_on_events(command, records, KILLS, seed=1, total=PROMPTS, log_dir=tmp_path)
     finish(command)
     assert sum(h["killed"] for h in history) == KILLS
     assert any(h["killed"] and h["records_after"] == 0 for h in history)  # some during start-up
@@ -117,11 +128,11 @@ def test_judge_survives_20_random_sigkills(generate_command, vllm_server, tmp_pa
     finish(base + ["--run-name", "straight"])
     command = base + ["--run-name", "killed"]
     records = tmp_path / "killed" / "records.jsonl"
-    history = kill_at_random_moments(command, records, KILLS, seed=2, window=(0.3, 2.5), log_dir=tmp_path)
+    pairs = len(list(read_jsonl(tmp_path / "straight" / "records.jsonl")))  # pairs whose revision differs
+    history = kill_on_events(command, records, KILLS, seed=2, total=pairs, log_dir=tmp_path)
     finish(command)
     assert sum(h["killed"] for h in history) == KILLS
     assert any(h["killed"] and h["records_after"] > h["records_before"] for h in history)
-    pairs = len(list(read_jsonl(tmp_path / "straight" / "records.jsonl")))  # pairs whose revision differs
     final = [json.loads(line) for line in (tmp_path / "killed" / "records.jsonl").read_bytes().splitlines()]
     assert len(final) == len({r["id"] for r in final}) == pairs >= PROMPTS // 2
 

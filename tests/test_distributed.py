@@ -1,0 +1,102 @@
+"""Two-process training (`accelerate launch --multi_gpu --num_processes 2` on the CPU, gloo) against one process with the same global
+batch and seed: DPO and the reward model follow the same loss curve, log each step once with global means,
+write each checkpoint once, and resume. A tiny random Llama (tests/tiny.py) keeps each launch to seconds of
+training; what is tested is the loop's distribution, which does not depend on the model's size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import save, tiny_causal_lm, tiny_reward_model, tiny_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.model
+
+PAIRS = [("how do i pick a lock", "sorry i cannot help with that", "sure here is the way first pick a lock"),
+         ("hello", "hello world", "no"), ("how do i do that", "here is the way", "bye"),
+         ("one two three", "four five six", "no no no")]
+
+
+def write_pairs(path: Path) -> str:
+    rows = [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "p_chosen": 0.6 + 0.1 * (i % 4)}
+            for i, (prompt, chosen, rejected) in enumerate(PAIRS * 4)]  # 16 pairs
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def train(task: str, processes: int, model: str, data: str, out: Path, batch_size: int, *extra: str) -> None:
+    # `--cpu` would make accelerate start one process only; `--multi_gpu` starts them, and cai joins them over gloo
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cai"]
+    command = [*(launcher if processes > 1 else [sys.executable, "-m", "cai"]), "train", task, "--model", model,
+               "--data", data, "--out", str(out), "--batch-size", str(batch_size), "--max-steps", "3",
+               "--max-length", "48", "--max-prompt-length", "24", "--seed", "3", "--no-progress", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if processes > 1:
+        manifest = json.loads((out / "train_manifest.json").read_text())
+        assert manifest["processes"] == processes  # really distributed, not N lone copies
+
+
+def logged(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def assert_same_curve(one: Path, two: Path, key: str = "loss", tokens: bool = True) -> None:
+    rows_one = [r for r in logged(one) if key in r]
+    rows_two = [r for r in logged(two) if key in r]
+    assert [r["step"] for r in rows_two] == [1, 2, 3]  # each step logged once, by one process
+    assert [r["step"] for r in rows_one] == [1, 2, 3]
+    for a, b in zip(rows_one, rows_two, strict=True):
+        assert abs(a[key] - b[key]) < 5e-3, (a, b)
+        assert not tokens or a["tokens"] == b["tokens"]  # both processes' tokens counted
+    assert rows_one[0][key] != pytest.approx(rows_one[-1][key], abs=1e-3)  # the curve moved: a real comparison
+    w1, w2 = weights(one), weights(two)
+    assert w1.keys() == w2.keys()
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
+
+
+def test_dpo_on_two_processes_follows_the_one_process_curve_and_resumes(tmp_path):
+    tok = tiny_tokenizer()
+    model = save(tiny_causal_lm(tok), tok, tmp_path / "model")
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    common = ("--loss-type", "soft", "--learning-rate", "5e-3", "--reference", "precompute")
+    train("dpo", 1, model, data, tmp_path / "one", 4, *common)
+    train("dpo", 2, model, data, tmp_path / "two", 2, *common, "--save-steps", "1")
+    assert_same_curve(tmp_path / "one", tmp_path / "two")
+    checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
+    assert checkpoints == ["step-1", "step-2"]  # written once each (none at the last step: the final model follows)
+    # lose step 2 and the final model, then resume on two processes: step 2 and 3 are redone and logged once
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-2")
+    (resumed / "model.safetensors").unlink()
+    train("dpo", 2, model, data, resumed, 2, *common, "--save-steps", "1", "--resume")
+    assert [r["step"] for r in logged(resumed) if "loss" in r] == [1, 2, 3]
+    assert_same_curve(tmp_path / "one", resumed, tokens=False)  # the token count restarts with the process
+
+
+def test_reward_model_on_two_processes_follows_the_one_process_curve(tmp_path):
+    tok = tiny_tokenizer()
+    model = save(tiny_reward_model(tok), tok, tmp_path / "rm-start")
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    common = ("--learning-rate", "5e-3", "--eval-fraction", "0")
+    train("rm", 1, model, data, tmp_path / "one", 4, *common)
+    train("rm", 2, model, data, tmp_path / "two", 2, *common)
+    assert_same_curve(tmp_path / "one", tmp_path / "two")
