@@ -4,6 +4,7 @@ with scripted faults (429, 500, a reset connection, a slow reply, a reply withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 
@@ -21,7 +22,7 @@ class FaultProxy:
     when it runs out, `default` applies to every further request."""
 
     def __init__(self, upstream: str, faults: list[str | None] | None = None, default: str | None = None,
-                 slow_seconds: float = 3.0):
+                 slow_seconds: float = 600.0):
         self.upstream = upstream.rstrip("/")
         self.faults = list(faults or [])
         self.default = default
@@ -31,6 +32,7 @@ class FaultProxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
         self._session: ClientSession | None = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -45,8 +47,10 @@ class FaultProxy:
         if fault == "reset":
             request.transport.close()  # the client sees the connection drop
             raise asyncio.CancelledError
-        if fault == "slow":
-            await asyncio.sleep(self.slow_seconds)
+        if fault == "slow":  # held until the proxy stops (or slow_seconds): always slower than any client timeout
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.slow_seconds)
+            return web.Response(status=504, text="too slow")
         async with self._session.post(f"{self.upstream}{request.path.removeprefix('/v1')}", data=body,
                                       headers={"Content-Type": "application/json"}) as upstream:
             payload = await upstream.read()
@@ -68,6 +72,7 @@ class FaultProxy:
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:

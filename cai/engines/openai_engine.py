@@ -96,6 +96,8 @@ class OpenAIEngine(Engine):
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.settings.timeout_s, connect=10.0))
         self.stats = Stats()
         self._rng = random.Random()
+        self.clock = time.monotonic
+        """Seconds for cool-downs and turn-taking (a test may drive it by hand instead of waiting)."""
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model_id, "base_urls": [redact(s.url) for s in self.servers],
@@ -105,7 +107,7 @@ class OpenAIEngine(Engine):
         """The available server with the fewest requests outstanding (the least recently picked among equals, so
         sequential requests take turns and a server back from its cool-down gets its trial), or how long until one
         is back."""
-        now = time.monotonic()
+        now = self.clock()
         ready = [s for s in self.servers if s.available(now)]
         if ready:
             server = min(ready, key=lambda s: (s.in_flight, s.last_picked))
@@ -119,7 +121,7 @@ class OpenAIEngine(Engine):
         self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
         if server.consecutive_failures >= self.settings.failure_threshold:
             server.cooldown = min(max(server.cooldown * 2, self.settings.cooldown_s), self.settings.max_cooldown_s)
-            server.down_until = time.monotonic() + server.cooldown
+            server.down_until = self.clock() + server.cooldown
 
     def _succeeded(self, server: Server) -> None:
         server.ok += 1

@@ -72,8 +72,10 @@ def test_judge_probabilities_through_the_api_match_in_process(vllm_server, engin
 
 def test_retries_on_429_500_reset_and_slow_replies(vllm_server, loop):
     async def run():
-        proxy = await FaultProxy(vllm_server, faults=["429", "500", "reset", "slow"], slow_seconds=3).start()
-        remote = create_engine(openai_config(proxy.url, timeout_s=1.0, failure_threshold=10))
+        # "slow" never answers within the client's timeout (the proxy holds it until it stops), whatever that is;
+        # 10 s leaves the real reply that follows ample time for 4 tokens on a busy machine
+        proxy = await FaultProxy(vllm_server, faults=["429", "500", "reset", "slow"]).start()
+        remote = create_engine(openai_config(proxy.url, timeout_s=10.0, failure_threshold=10))
         try:
             out = await asyncio.wait_for(remote.generate([{"role": "user", "content": "Hi"}], Sampling(max_tokens=4)),
                                          timeout=60)
@@ -89,19 +91,24 @@ def test_retries_on_429_500_reset_and_slow_replies(vllm_server, loop):
 
 
 def test_a_failing_server_leaves_the_rotation_and_comes_back(vllm_server, loop):
+    """The engine's clock is driven by hand: the cool-down ends when the test says, however fast the replies."""
     async def run():
         bad = await FaultProxy(vllm_server, default="500").start()
         good = await FaultProxy(vllm_server).start()
         remote = create_engine(openai_config(bad.url, good.url, failure_threshold=2, cooldown_s=5.0,
                                             max_cooldown_s=30.0))
+        now = [1000.0]
+        remote.clock = lambda: now[0]
         try:
             for _ in range(6):
+                now[0] += 0.01
                 await asyncio.wait_for(remote.generate([{"role": "user", "content": "Hi"}], Sampling(max_tokens=2)), 60)
-            out_of_rotation = remote.servers[0].down_until > time.monotonic()
+            out_of_rotation = remote.servers[0].down_until > now[0]
             first_phase = (len(bad.seen), len(good.seen))
             bad.default = None  # the server recovers
-            await asyncio.sleep(5.1)
+            now[0] += 5.1  # past its 5 s cool-down
             for _ in range(4):
+                now[0] += 0.01
                 await asyncio.wait_for(remote.generate([{"role": "user", "content": "Hi"}], Sampling(max_tokens=2)), 60)
             return out_of_rotation, first_phase, len(bad.seen), remote.servers[0].ok
         finally:
