@@ -163,7 +163,7 @@ def _run_parsers(sub: Any, eval_sub: Any) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from cai.yaml_safe import YAMLInputError, load_yaml
 
     skip = {"command", "config", "no_progress", "func", "max_new_tokens_all", "action", "file", "report_out"}
     out = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
@@ -176,7 +176,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             name, sep, value = item.partition("=")
             if not sep:
                 raise SystemExit(f"cai: --engine-arg expects KEY=VALUE, got {item!r}")
-            extra[name.strip()] = yaml.safe_load(value)
+            try:
+                extra[name.strip()] = load_yaml(value, f"--engine-arg {name.strip()}")
+            except YAMLInputError as e:
+                raise SystemExit(f"cai: {e}") from None
         out[key] = extra
     return out
 

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cai.engines import EngineConfig
+from cai.yaml_safe import YAMLInputError, load_yaml
 
 
 class ConfigError(ValueError):
@@ -110,8 +110,10 @@ def load_config(model: type[BaseModel], path: str | Path | None = None,
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            loaded = load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
+        except YAMLInputError as e:
+            raise ConfigError(str(e)) from None
+        except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cai.resources import resolve_bundled
+from cai.yaml_safe import YAMLInputError, load_yaml
 
 
 class ConstitutionError(ValueError):
@@ -188,9 +189,9 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
     except UnicodeDecodeError as e:
         raise ConstitutionError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)  # JSON is YAML too
-    except yaml.YAMLError as e:
-        raise ConstitutionError(f"{path}: not valid YAML: {e}") from None
+        data = load_yaml(text, str(path))  # JSON is YAML too
+    except YAMLInputError as e:
+        raise ConstitutionError(str(e)) from None
     return parse_constitution(data, str(path))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cai.redact import redact_secrets
 from cai.store import latest_by_id, read_jsonl, write_json_atomic
 
 
@@ -60,6 +61,7 @@ def save_datasets(folder: Path, splits: dict[str, list[dict[str, Any]]]) -> None
 
 
 def dataset_card(manifest: dict[str, Any], counts: dict[str, int], summary: str) -> str:
+    manifest = redact_secrets(manifest)  # the card is the file meant for publishing
     constitution = manifest.get("constitution", {})
     engine = manifest.get("engine", {})
     header = {

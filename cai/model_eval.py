@@ -25,6 +25,7 @@ from cai.constitution import load_constitution
 from cai.engines import Engine, EngineConfig, Sampling, create_engine, is_embedded_default
 from cai.inputs import PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_pair, option_token_ids, score_options
+from cai.redact import redact_secrets
 from cai.templating import render
 
 
@@ -146,7 +147,7 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
     examples = [{"prompt": item.messages[-1]["content"], "base": answers["base"]["harmful"][i]["text"],
                  "trained": answers["trained"]["harmful"][i]["text"], "p_trained_better": label.p_first}
                 for i, (item, (_, label)) in enumerate(zip(harmful, comparisons, strict=True))]
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    (out_dir / "results.json").write_text(json.dumps(redact_secrets(results), indent=2), encoding="utf-8")
     (out_dir / "examples.json").write_text(json.dumps(examples, indent=2), encoding="utf-8")
     return results
 

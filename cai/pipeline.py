@@ -21,7 +21,9 @@ from cai.config import ConfigError, GenerateConfig, settings_hash
 from cai.engines import Engine, is_embedded_default
 from cai.judge_run import JudgeConfig
 from cai.model_eval import EvalConfig
+from cai.redact import redact_secrets
 from cai.store import check_run_name, write_json_atomic
+from cai.yaml_safe import YAMLInputError, load_yaml
 
 Stage = Literal["generate", "judge", "sft", "dpo", "eval", "report"]
 
@@ -127,7 +129,8 @@ class Pipeline:
         the pipeline pays the engine's start-up once.
         """
         self.run.mkdir(parents=True, exist_ok=True)
-        (self.run / "recipe.yaml").write_text(yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+        recipe = redact_secrets(self.recipe.model_dump(mode="json"))
+        (self.run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         pending = [s for s in self.recipe.stages if s == "report" or not self.is_done(s)]
         owned = None
         if engine is None and any(s in pending for s in ("generate", "judge", "eval")):
@@ -163,8 +166,10 @@ def load_recipe(path: str | Path) -> Recipe:
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     try:
-        data = yaml.safe_load(Path(resolved).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        data = load_yaml(Path(resolved).read_text(encoding="utf-8"), str(resolved))
+    except YAMLInputError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{resolved}: cannot read recipe: {e}") from None
     try:
         return Recipe.model_validate(data)

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cai.redact import redact_secrets
+
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -149,6 +151,7 @@ class RunStore:
         `compat` holds the settings that shape the outputs; resuming with different ones is refused.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        manifest, compat = redact_secrets(manifest), redact_secrets(compat)  # compared as they are stored
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             if old.get("compat") != compat:
@@ -180,7 +183,7 @@ class RunStore:
 
     def update_manifest(self, **fields: Any) -> None:
         data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        data.update(fields)
+        data.update(redact_secrets(fields))
         write_json_atomic(self.manifest_path, data)
 
 

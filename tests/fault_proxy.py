@@ -29,6 +29,7 @@ class FaultProxy:
         self.slow_seconds = slow_seconds
         self.seen: list[str | None] = []
         self.auth_headers: list[str | None] = []
+        self.queries: list[dict[str, str]] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._runner: web.AppRunner | None = None
@@ -39,6 +40,7 @@ class FaultProxy:
         fault = self.faults.pop(0) if self.faults else self.default
         self.seen.append(fault)
         self.auth_headers.append(request.headers.get("Authorization"))
+        self.queries.append(dict(request.query))
         body = await request.read()
         if fault == "429":
             return web.Response(status=429, text="slow down", headers={"Retry-After": "0"})

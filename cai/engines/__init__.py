@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cai.engines.base import (
     Completion,
@@ -73,7 +74,18 @@ class EngineConfig(BaseModel):
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless asked for."""
     extra: dict[str, Any] = Field(default_factory=dict)
-    """Any other vLLM engine argument, passed through as is."""
+    """Any other vLLM engine argument, passed through as is (at most 64 KB as JSON)."""
+
+    @field_validator("extra")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, default=str))
+        if size > MAX_EXTRA_BYTES:
+            raise ValueError(f"engine arguments take {size} bytes as JSON; at most {MAX_EXTRA_BYTES} are accepted")
+        return value
+
+
+MAX_EXTRA_BYTES = 64 * 1024
 
 
 def is_embedded_default(config: EngineConfig) -> bool:

@@ -31,6 +31,7 @@ from cai.engines.base import (
     Sampling,
     TokenLogprob,
 )
+from cai.redact import redact_url
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -59,13 +60,10 @@ class Server:
         return self.down_until <= now
 
 
-def redact(url: str) -> str:
-    """A URL without user:password, for manifests and logs."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+def endpoint(base_url: str, path: str) -> str:
+    """`base_url` + `/path`, keeping the base URL's query (a `?api_key=...` some gateways want) after the path."""
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/" + path, parts.query, ""))
 
 
 def read_api_key(env_var: str | None, key_file: str | None) -> str | None:
@@ -100,7 +98,7 @@ class OpenAIEngine(Engine):
         """Seconds for cool-downs and turn-taking (a test may drive it by hand instead of waiting)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "model": self.model_id, "base_urls": [redact(s.url) for s in self.servers],
+        return {"backend": "openai", "model": self.model_id, "base_urls": [redact_url(s.url) for s in self.servers],
                 "max_concurrency_per_server": self.settings.max_concurrency_per_server}
 
     def _pick(self) -> tuple[Server | None, float]:
@@ -154,7 +152,7 @@ class OpenAIEngine(Engine):
                 async with server.limit:
                     data = await self._post(server, body)
             except TransientError as e:
-                last_error = f"{redact(server.url)}: {e}"
+                last_error = f"{redact_url(server.url)}: {e}"
                 self._failed(server, str(e).split(":")[0])
                 delay = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt)
                 delay = delay * (0.5 + self._rng.random() / 2)
@@ -170,7 +168,7 @@ class OpenAIEngine(Engine):
         import httpx
 
         try:
-            response = await self._client.post(f"{server.url}/chat/completions", json=body)
+            response = await self._client.post(endpoint(server.url, "chat/completions"), json=body)
         except (httpx.TimeoutException, httpx.TransportError) as e:
             raise TransientError(f"{type(e).__name__}: {e}") from None
         if response.status_code in RETRYABLE_STATUS:

@@ -160,25 +160,43 @@ def test_giving_up_is_engine_death(loop):
 
 
 def test_api_key_is_sent_but_never_written(vllm_server, loop, tmp_path, monkeypatch):
-    secret = "sk-test-0123456789-secret"
+    """A key from the environment (Bearer), then credentials in the URL's userinfo (Basic) and a key in its query:
+    each reaches the server, none reaches a file (manifest with its config dump and command line, records, the
+    export and its card)."""
+    import base64
+
+    secret, url_password, query_key = "sk-test-0123456789-secret", "URLPASS-0123456789", "QUERYKEY-0123456789"
     monkeypatch.setenv("CAI_TEST_KEY", secret)
 
-    async def run():
+    async def run(name, with_url_secrets):
         proxy = await FaultProxy(vllm_server).start()
-        config = GenerateConfig(limit=2, rounds=1, few_shot=0, output_dir=str(tmp_path), run_name="k",
+        url = proxy.url
+        if with_url_secrets:
+            url = url.replace("http://", f"http://user:{url_password}@") + f"?api_key={query_key}&x=1"
+        monkeypatch.setattr(sys, "argv", ["cai", "generate", "--base-url", url])
+        config = GenerateConfig(limit=2, rounds=1, few_shot=0, output_dir=str(tmp_path), run_name=name,
                                 max_new_tokens={"initial": 8, "critique": 8, "revision": 8},
-                                engine=openai_config(proxy.url, api_key_env="CAI_TEST_KEY"))
+                                engine=openai_config(url, api_key_env=None if with_url_secrets else "CAI_TEST_KEY"))
         try:
             await generate(config, progress=False)
         finally:
             await proxy.stop()
-        return proxy.auth_headers
+        return proxy.auth_headers, proxy.queries
 
-    headers = loop.run_until_complete(run())
+    headers, _ = loop.run_until_complete(run("key", False))
     assert headers and all(h == f"Bearer {secret}" for h in headers)
-    for path in (tmp_path / "k").rglob("*"):
-        if path.is_file():
-            assert secret not in path.read_bytes().decode("utf-8", "replace"), path
+    headers, queries = loop.run_until_complete(run("url", True))
+    basic = "Basic " + base64.b64encode(f"user:{url_password}".encode()).decode()
+    assert headers and all(h == basic for h in headers)
+    assert queries and all(q.get("api_key") == query_key for q in queries)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert sum(p.name == "README.md" for p in files) == 2 and sum(p.name == "manifest.json" for p in files) == 2
+    for path in files:
+        text = path.read_bytes().decode("utf-8", "replace")
+        for leaked in (secret, url_password, query_key):
+            assert leaked not in text, (path, leaked)
+    manifest = (tmp_path / "url" / "manifest.json").read_text()
+    assert "http://***@127.0.0.1" in manifest and "api_key=***" in manifest
 
 
 def test_killed_server_keeps_completed_work_and_a_rerun_finishes(served, tmp_path):

@@ -1,0 +1,111 @@
+"""Hostile and careless input, round two (issue 17): published secrets, YAML bombs, overwritten models, locked
+run folders. No model is loaded: each probe must be refused before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cai.redact import redact_secrets, redact_url
+from cai.yaml_safe import YAMLInputError, load_yaml
+
+# nine levels of nine aliases: 9^9 strings once expanded (the classic "billion laughs", 597 bytes here)
+BOMB = "\n".join(['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'] + [
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]" for i in range(8)])
+
+
+def cai(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=timeout)
+
+
+# --- secrets in URLs -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url, expected", [
+    ("http://user:SECRET@host:8000/v1", "http://***@host:8000/v1"),
+    ("https://host/v1?api_key=SECRET&model=m", "https://host/v1?api_key=***&model=m"),
+    ("http://h/v1?token=S1&sig=S2&X-Amz-Signature=S3&page=2", "http://h/v1?token=***&sig=***&X-Amz-Signature=***&page=2"),
+    ("http://SECRETONLY@host/v1", "http://***@host/v1"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+])
+def test_urls_lose_their_credentials(url, expected):
+    assert redact_url(url) == expected
+
+
+def test_secrets_are_redacted_inside_any_written_structure():
+    manifest = {"command": ["cai", "judge", "--base-url", "http://u:SECRET@h/v1"],
+                "config": {"engine": {"base_urls": ["http://h/v1?api_key=SECRET"]}},
+                "text": "see http://u:SECRET@h/v1 for details", "n": 3}
+    redacted = redact_secrets(manifest)
+    assert "SECRET" not in json.dumps(redacted)
+    assert redacted["n"] == 3 and redacted["command"][:3] == ["cai", "judge", "--base-url"]
+
+
+def test_a_run_manifest_written_through_the_store_holds_no_secret(tmp_path):
+    from cai.store import RunStore
+
+    store = RunStore(tmp_path, "r")
+    manifest = {"kind": "generate", "command": ["cai", "--base-url", "http://u:SECRET@h/v1?api_key=SECRET2"]}
+    compat = {"engine": {"base_urls": ["http://u:SECRET@h/v1"]}}
+    store.open(manifest, compat)
+    store.update_manifest(engine={"base_urls": ["http://x:SECRET3@h/v1"]})
+    store.close()
+    text = (tmp_path / "r" / "manifest.json").read_text()
+    assert "SECRET" not in text and text.count("***") >= 3
+    again = RunStore(tmp_path, "r")  # resuming compares the stored (redacted) settings with redacted ones
+    again.open(manifest, compat)
+    again.close()
+
+
+# --- YAML that would hang or mislead ----------------------------------------------------------------------------------
+def test_the_alias_bomb_is_refused_at_once():
+    assert len(BOMB.encode()) < 700
+    started = time.monotonic()
+    with pytest.raises(YAMLInputError, match="aliases"):
+        load_yaml(BOMB, "bomb.yaml")
+    assert time.monotonic() - started < 1.0  # refused while parsing, nothing expanded
+
+
+@pytest.mark.parametrize("text, message", [
+    ("x: 1\nx: 2\n", "duplicate key 'x'"),
+    ("base: &b {a: 1}\nother:\n  <<: *b\n", "aliases"),
+    ("[" * 500 + "]" * 500, "nested"),
+    ("a: [1, 2\n", "not valid YAML"),
+])
+def test_yaml_problems_name_the_file_and_line(text, message):
+    with pytest.raises(YAMLInputError, match=message) as error:
+        load_yaml(text, "cfg.yaml")
+    assert str(error.value).startswith("cfg.yaml:")
+
+
+@pytest.mark.parametrize("command", ["generate", "judge"])
+def test_a_bomb_in_a_config_file_is_a_clear_error(tmp_path, command):
+    config = tmp_path / "bomb.yaml"
+    config.write_text("engine:\n  extra:\n" + "\n".join("    " + line for line in BOMB.splitlines()) + "\n")
+    done = cai(command, "--config", str(config), timeout=60)
+    assert done.returncode == 2 and "aliases" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bomb_in_a_recipe_and_in_a_constitution_is_a_clear_error(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: r\nstages: [generate]\ngenerate:\n  engine:\n    extra:\n" +
+                      "\n".join("      " + line for line in BOMB.splitlines()) + "\n")
+    done = cai("run", str(recipe), timeout=60)
+    assert done.returncode == 2 and "aliases" in done.stderr and "Traceback" not in done.stderr
+    constitution = tmp_path / "c.yaml"
+    constitution.write_text("name: c\n" + BOMB + "\n")
+    done = cai("constitution", "validate", str(constitution), timeout=60)
+    assert done.returncode == 2 and "aliases" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_untyped_engine_arguments_are_bounded(tmp_path):
+    config = tmp_path / "big.yaml"
+    config.write_text(json.dumps({"engine": {"extra": {"x": "y" * 70_000}}}))
+    done = cai("generate", "--config", str(config), timeout=60)
+    assert done.returncode == 2 and "at most 65536" in done.stderr
+    done = cai("generate", "--engine-arg", "x=[unclosed", timeout=60)
+    assert done.returncode != 0 and "--engine-arg x" in done.stderr and "Traceback" not in done.stderr
