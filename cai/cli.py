@@ -330,6 +330,8 @@ def cmd_constitution(args: argparse.Namespace) -> int:
     elif args.action == "show":
         print(load_constitution(args.name).to_yaml(), end="")
     elif args.action == "import":
+        if args.out and Path(args.out).resolve() == Path(args.file).resolve():
+            raise ValueError(f"--out {args.out} is the file being imported; write the constitution elsewhere")
         text = import_constitution(args.file, name=args.name).to_yaml()
         if args.out:
             Path(args.out).write_text(text, encoding="utf-8")

@@ -112,7 +112,8 @@ class Pipeline:
         elif stage in ("sft", "dpo"):
             from cai.train import run_training
 
-            run_training(stage, self.configs[stage].model_copy(update={"progress": progress}))
+            # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it
+            run_training(stage, self.configs[stage].model_copy(update={"progress": progress, "overwrite": True}))
         elif stage == "eval":
             from cai.model_eval import evaluate_models
 

@@ -133,6 +133,43 @@ class JsonlLog:
                 self._file = None
 
 
+class FolderInUseError(RunConflictError):
+    """Another live process is writing into this folder."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder (`.lock` inside it, holding the owner's pid) for as long as one run writes
+    there: a second run into the same folder stops at once with "in use by pid N" instead of redoing the work and
+    tripping over the first one's temporary files. The kernel drops the lock when its process dies, SIGKILL
+    included, so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderInUseError(f"{self.path.parent} is in use by pid {owner} (another cai run writes there); "
+                                   "wait for it to finish or choose another output folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
 class RunStore:
     """One run folder: manifest, append-only records, resume."""
 
@@ -144,6 +181,7 @@ class RunStore:
         self.records_path = self.path / records_file
         self.manifest_path = self.path / "manifest.json"
         self._logs: list[JsonlLog] = []
+        self._lock: FolderLock | None = None
 
     def open(self, manifest: dict[str, Any], compat: dict[str, Any]) -> list[dict]:
         """Create the run or resume it; returns the records already on disk.
@@ -151,6 +189,14 @@ class RunStore:
         `compat` holds the settings that shape the outputs; resuming with different ones is refused.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(self.path).acquire()
+        try:
+            return self._open(manifest, compat)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, manifest: dict[str, Any], compat: dict[str, Any]) -> list[dict]:
         manifest, compat = redact_secrets(manifest), redact_secrets(compat)  # compared as they are stored
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
@@ -180,6 +226,8 @@ class RunStore:
     def close(self) -> None:
         for log in self._logs:
             log.close()
+        if self._lock is not None:
+            self._lock.release()
 
     def update_manifest(self, **fields: Any) -> None:
         data = json.loads(self.manifest_path.read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,78 @@ def test_untyped_engine_arguments_are_bounded(tmp_path):
     assert done.returncode == 2 and "at most 65536" in done.stderr
     done = cai("generate", "--engine-arg", "x=[unclosed", timeout=60)
     assert done.returncode != 0 and "--engine-arg x" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- outputs that would destroy inputs or earlier work ------------------------------------------------------------------
+def tiny_model_folder(folder: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import save, tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    save(tiny_causal_lm(tok), tok, folder)
+    return folder
+
+
+def pairs(folder: Path) -> Path:
+    path = folder / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "hello", "chosen": "hello world", "rejected": "no"}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("where", ["model", "inside-model", "data"])
+def test_training_refuses_to_write_into_its_own_inputs(tmp_path, where):
+    model = tiny_model_folder(tmp_path / "m")
+    data = pairs(tmp_path)
+    before = (model / "model.safetensors").read_bytes()
+    out = {"model": model, "inside-model": model / "sub", "data": data}[where]
+    done = cai("train", "dpo", "--model", str(model), "--data", str(data), "--out", str(out))
+    assert done.returncode == 2 and "would overwrite its own input" in done.stderr, done.stderr[-500:]
+    assert (model / "model.safetensors").read_bytes() == before and not (model / "metrics.jsonl").exists()
+
+
+def test_training_refuses_a_non_empty_out_unless_told(tmp_path):
+    from cai.train.config import DPOConfig
+    from cai.train.outputs import OutputError, check_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    config = DPOConfig(data=str(tmp_path / "nowhere.jsonl"), out=str(out), model=str(tiny_model_folder(tmp_path / "m")))
+    with pytest.raises(OutputError, match="not empty .*notes.txt.*--overwrite"):
+        check_output(config)
+    check_output(config.model_copy(update={"overwrite": True}))
+    (out / "notes.txt").unlink()
+    (out / "train_manifest.json").write_text("{}")  # an earlier training run
+    with pytest.raises(OutputError, match="--resume to continue it"):
+        check_output(config)
+    check_output(config.model_copy(update={"resume": True}))
+
+
+def test_constitution_import_refuses_to_overwrite_its_input(tmp_path):
+    source = tmp_path / "x.json"
+    source.write_text(json.dumps({"harmful0": {"prompt": ["Is it harmful?"], "edit_request": "Make it safe."}}))
+    before = source.read_text()
+    done = cai("constitution", "import", str(source), "--out", str(source))
+    assert done.returncode == 2 and "is the file being imported" in done.stderr
+    assert source.read_text() == before
+
+
+def test_a_second_run_into_a_locked_folder_stops_at_once(tmp_path):
+    from cai.store import FolderInUseError, FolderLock, RunStore
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cai.store import FolderLock; "
+        f"FolderLock(Path({str(tmp_path / 'run')!r})).acquire(); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderInUseError, match=f"in use by pid {holder.pid}"):
+            RunStore(tmp_path, "run").open({"kind": "generate"}, {})
+        assert not (tmp_path / "run" / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    store = RunStore(tmp_path, "run")  # the holder died: its lock went with it
+    store.open({"kind": "generate"}, {})
+    store.close()
+    FolderLock(tmp_path / "run").acquire().release()  # closed stores release their lock

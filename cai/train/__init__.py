@@ -27,7 +27,11 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
         raise ValueError(f"unknown training task {task!r}")
     if not isinstance(config, CONFIGS[task]):
         raise TypeError(f"`cai train {task}` needs a {CONFIGS[task].__name__}, got {type(config).__name__}")
-    return prepare(config).train()
+    from cai.train.outputs import check_output, output_lock
+
+    check_output(config)  # before any model loads
+    with output_lock(config):
+        return prepare(config).train()
 
 
 __all__ = ["CONFIGS", "DPOConfig", "PPOConfig", "RewardConfig", "TrainConfig", "run_training"]

@@ -54,6 +54,8 @@ class TrainConfig(BaseModel):
     """Keep only the newest N checkpoints (all when unset)."""
     resume: bool = False
     """Continue from the newest checkpoint in `out`."""
+    overwrite: bool = False
+    """Train into a non-empty `out` that is not this run's own resumable folder, replacing what is there."""
     logging_steps: int = Field(default=1, ge=1)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     trust_remote_code: bool = False

@@ -240,6 +240,7 @@ class Trainer:
         config = self.config
         if not (config.resume and self.resume()) and self.accelerator.is_main_process:
             self.log.truncate_after(-1)  # a fresh start: no rows from an earlier run in this folder
+            shutil.rmtree(self.out / "checkpoints", ignore_errors=True)  # nor its checkpoints, for a later --resume
         if self.accelerator.is_main_process:
             (self.out / "train_manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
         if config.progress and self.accelerator.is_local_main_process:

@@ -1,0 +1,80 @@
+"""Where a training run may write: checked before any model loads, and locked while it trains.
+
+    check_output(config)          # raises OutputError
+    with output_lock(config): ...
+
+`--out` must not be, or sit inside, the model, the data, the reward model or the evaluation data (saving would
+overwrite the weights being trained from, and the embedded model's cache would keep serving them). A non-empty
+`--out` must be this kind of run's own folder continued with `--resume`, or be replaced on purpose with
+`--overwrite`. Only the main process checks and locks (the others of an `accelerate launch` share its folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from cai.store import FolderLock
+from cai.train.config import TrainConfig
+
+
+class OutputError(ValueError):
+    """An output folder cai will not write into, and why."""
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _inputs(config: TrainConfig) -> dict[str, Path]:
+    from cai.models import resolve_model
+
+    named = {"--model": None, "--data": config.data, "--eval-data": config.eval_data,
+             "--reward-model": getattr(config, "reward_model", None)}
+    found = {}
+    for flag, value in named.items():
+        if flag == "--model":
+            value = resolve_model(config.model)  # the embedded model's cache folder when unset
+        if value and Path(value).expanduser().exists():
+            found[flag] = Path(value).expanduser().resolve()
+    return found
+
+
+def check_output(config: TrainConfig) -> None:
+    if not _is_main_process():
+        return
+    out = Path(config.out).expanduser().resolve()
+    for flag, path in _inputs(config).items():
+        if out == path or path in out.parents:
+            raise OutputError(f"--out {config.out} is {'the same folder as' if out == path else 'inside'} "
+                              f"{flag} {path}: training would overwrite its own input; choose another --out")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputError(f"--out {config.out} is a file, not a folder")
+    contents = [p.name for p in out.iterdir() if p.name != ".lock"]
+    if not contents or config.overwrite:
+        return
+    if (out / "train_manifest.json").is_file():
+        if config.resume:
+            return
+        raise OutputError(f"--out {config.out} holds an earlier training run: add --resume to continue it, or "
+                          "--overwrite to replace it")
+    raise OutputError(f"--out {config.out} is not empty ({', '.join(sorted(contents)[:5])}"
+                      f"{', ...' if len(contents) > 5 else ''}) and holds no cai training run: choose an empty "
+                      "folder, or add --overwrite to write there anyway")
+
+
+@contextlib.contextmanager
+def output_lock(config: TrainConfig) -> Iterator[None]:
+    """Hold the output folder for the run (main process only)."""
+    if not _is_main_process():
+        yield
+        return
+    lock = FolderLock(Path(config.out).expanduser()).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
