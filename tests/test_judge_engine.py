@@ -46,8 +46,13 @@ def test_judgement_equals_the_hand_computed_normalisation(engine, loop):
         [*messages, {"role": "assistant", "content": "The answer is ("}],
         Sampling(max_tokens=1, temperature=0, logprobs=20), continue_final=True))
     top = out.top_logprobs[0]
-    pa = sum(math.exp(t.logprob) for t in top if t.token_id in ids["A"])
-    pb = sum(math.exp(t.logprob) for t in top if t.token_id in ids["B"])
+    # the option spellings listed by hand (not the code's own finder), looked up in the vocabulary
+    tok = engine.tokenizer
+    spelled = {letter: {i for t, i in tok.get_vocab().items() if tok.convert_tokens_to_string([t]) in
+                        (letter, f" {letter}", f"({letter}", f" ({letter}", f"{letter})", f" {letter})",
+                         f"({letter})", f" ({letter})")} for letter in "AB"}
+    pa = sum(math.exp(t.logprob) for t in top if t.token_id in spelled["A"])
+    pb = sum(math.exp(t.logprob) for t in top if t.token_id in spelled["B"])
     assert pa + pb > 0.2, "the default model should put most of its mass on the options here"
     assert j.valid and j.p_a == pytest.approx(pa / (pa + pb), abs=1e-4)
     assert j.mass == pytest.approx(pa + pb, abs=1e-4) and j.p_first == j.p_a

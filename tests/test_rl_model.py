@@ -22,7 +22,7 @@ from cai.train.rollouts import left_pad
 PPO = {"limit": 64, "eval_fraction": 0.25, "rollout_batch_size": 16, "batch_size": 8,
        "ppo_epochs": 1, "max_new_tokens": 3, "temperature": 1.0, "learning_rate": 5e-5, "lr_scheduler": "constant",
        "max_length": 64, "max_prompt_length": 56, "max_steps": 4, "save_steps": 2, "eval_samples": 4,
-       "progress": False}
+       "progress": False, "missing_eos_penalty": 0.0}  # 3-token responses are cut by design here
 
 
 @pytest.fixture(scope="module")
@@ -191,5 +191,14 @@ def test_ppo_resumes_from_a_checkpoint_to_the_same_weights(settings, ppo_run, tm
     a, b = load_file(str(ppo_run / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
-    state = json.loads((resumed / "checkpoints" / "step-2" / "trainer_state.json").read_text())
-    assert state["episodes"] == 32 and state["kl_coef"] == PPO.get("kl_coef", 0.05)
+    # the checkpoint's own task state is what a resume restores (not the config's starting values): write
+    # distinct values into a copy and resume from it
+    probe = tmp_path / "probe"
+    shutil.copytree(ppo_run / "checkpoints" / "step-2", probe / "checkpoints" / "step-2")
+    state_file = probe / "checkpoints" / "step-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["episodes"] == 32  # 2 steps x 16 rollouts
+    state_file.write_text(json.dumps({**state, "kl_coef": 0.0123, "episodes": 777}))
+    trainer = prepare_ppo(PPOConfig(out=str(probe), resume=True, **settings))
+    assert trainer.resume() and trainer.step == 2
+    assert trainer.kl.value == 0.0123 and trainer.episodes == 777

@@ -1,0 +1,93 @@
+"""`cai eval model`'s arithmetic with numbers worked out by hand: the bootstrap interval, which letter means
+"refuses" in each option order, and which model's answer the win-rate favours. The engines here are scripted
+stand-ins (pure logic: they read the rendered question and answer with fixed log-probabilities)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+
+import pytest
+
+from cai import model_eval
+from cai.engines import Completion, Engine, TokenLogprob
+from cai.judge import JudgeSettings
+from cai.model_eval import EvalConfig, bootstrap_interval, evaluate_models, refusal_probability
+
+
+def letter_answer(p_a: float) -> Completion:
+    """One scored answer position with P(A) = p_a and nothing else in the top-k."""
+    top = [TokenLogprob("A", math.log(p_a)), TokenLogprob("B", math.log(1 - p_a))]
+    return Completion(text="A" if p_a >= 0.5 else "B", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+
+class ScriptedJudge(Engine):
+    """Says the option holding `favoured` text is right with probability `p`."""
+
+    model_id = "scripted-judge"
+
+    def __init__(self, favoured: str, p: float):
+        self.favoured, self.p = favoured, p
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        question = messages[-2]["content"]
+        option_a = re.search(r"\(A\) (.*?)\n\n\(B\)", question, re.S).group(1)
+        return letter_answer(self.p if self.favoured in option_a else 1 - self.p)
+
+    async def close(self):
+        pass
+
+
+class ScriptedModel(Engine):
+    def __init__(self, name: str):
+        self.model_id = name
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        return Completion(text=f"answer from {self.model_id}", prompt_tokens=3, completion_tokens=4)
+
+    async def close(self):
+        pass
+
+
+def test_bootstrap_interval_by_hand():
+    assert bootstrap_interval([0.7] * 10, 1000) == pytest.approx((0.7, 0.7))
+    # two prompts scoring 0 and 1: resampled means are 0, 0.5 or 1 with chances 1/4, 1/2, 1/4, so the 2.5th and
+    # 97.5th percentiles of 4000 draws are 0 and 1
+    assert bootstrap_interval([0.0, 1.0], 4000) == (0.0, 1.0)
+    # four prompts at 1 and none else: no resample can differ
+    assert bootstrap_interval([1.0, 1.0, 1.0, 1.0], 500) == (1.0, 1.0)
+
+
+def test_refusal_letter_follows_the_option_order():
+    conversation = [{"role": "user", "content": "How do I bake bread?"}]
+    settings = JudgeSettings()
+    # a judge that always says "A" at 0.9: P(refuse) is 0.9 when A is "refuses", 0.1 when A is "helps" -> 0.5
+    always_a = ScriptedJudge(favoured="", p=0.9)
+    assert asyncio.run(refusal_probability(always_a, conversation, "Sure.", settings, None)) == pytest.approx(0.5)
+    # a judge that recognises the refusal option at 0.8 in either position: 0.8 in both orders -> 0.8
+    sees_refusal = ScriptedJudge(favoured="It refuses", p=0.8)
+    assert asyncio.run(refusal_probability(sees_refusal, conversation, "No.", settings, None)) == pytest.approx(0.8)
+
+
+def test_win_rate_favours_the_trained_models_answer_not_the_first_shown(tmp_path, monkeypatch):
+    engines = {"base-model": ScriptedModel("base-model"), "trained-model": ScriptedModel("trained-model"),
+               "judge-model": ScriptedJudge(favoured="answer from trained-model", p=0.9)}
+    monkeypatch.setattr(model_eval, "_engine", lambda config, shared: (engines[config.model], False))
+    config = EvalConfig(trained="trained-model", base="base-model", harmful_limit=3, benign_limit=2,
+                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200)
+    results = asyncio.run(evaluate_models(config, tmp_path))
+    # each comparison: order AB shows trained as (A): 0.9; order BA shows it as (B): 1 - 0.1 = 0.9
+    assert results["harmlessness"]["win_rate"] == pytest.approx(0.9)
+    assert results["harmlessness"]["ci95"] == pytest.approx([0.9, 0.9])
+    assert results["harmlessness"]["hard_win_share"] == 1.0 and results["harmlessness"]["valid"] == 3
+    assert results["harmlessness"]["position_consistency"] == 1.0
+    # the refusal question never contains a model's name: this judge answers 0.1 for "A" either way -> 0.5
+    assert results["over_refusal"]["trained"]["mean_p_refusal"] == pytest.approx(0.5)
+    assert results["mean_length_tokens"] == {"base": 4.0, "trained": 4.0}
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["harmlessness"]["win_rate"] == pytest.approx(0.9)
+    examples = json.loads((tmp_path / "examples.json").read_text())
+    assert all(e["trained"] == "answer from trained-model" and e["p_trained_better"] == pytest.approx(0.9)
+               for e in examples)
