@@ -133,16 +133,18 @@ def _train_parser(sub: Any) -> None:
             flag = "--" + name.replace("_", "-")
             kind = field.annotation
             origin, args = typing.get_origin(kind), typing.get_args(kind)
+            default = "" if field.is_required() else f" (default: {field.get_default(call_default_factory=True)})"
+            text = ((field.description or name.replace("_", " ")).replace("%", "%%") + default).strip()
             if kind is bool:
-                t.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+                t.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
             elif origin is list:
                 inner = typing.get_args(args[0]) if typing.get_origin(args[0]) is typing.Literal else None
-                t.add_argument(flag, dest=name, nargs="+", choices=inner or None)
+                t.add_argument(flag, dest=name, nargs="+", choices=inner or None, help=text)
             elif origin is typing.Literal:
-                t.add_argument(flag, dest=name, choices=list(args))
+                t.add_argument(flag, dest=name, choices=list(args), help=text)
             else:
                 scalar = next((a for a in (args or (kind,)) if a in (int, float, str)), str)
-                t.add_argument(flag, dest=name, type=scalar)
+                t.add_argument(flag, dest=name, type=scalar, help=text)
 
 
 def _run_parsers(sub: Any, eval_sub: Any) -> None:
