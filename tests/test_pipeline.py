@@ -89,3 +89,30 @@ def test_the_report_renders_in_headless_chromium(finished_run, tmp_path):
     assert loaded == "7/7"
     assert headings == ["Critique and revision", "AI judge", "Training", "Evaluation"]
     assert (tmp_path / "report.png").stat().st_size > 10000
+
+
+def test_the_reports_numbers_are_the_run_files_numbers(finished_run):
+    """Every figure the report states, recomputed here from the run's own files."""
+    import re
+
+    from cai.store import latest_by_id, read_jsonl
+
+    pipeline, _ = finished_run
+    text = re.sub(r"<[^>]+>", " ", (pipeline.run / "report" / "index.html").read_text())
+    generated = [r for r in latest_by_id(list(read_jsonl(pipeline.run / "generate" / "records.jsonl"))).values()
+                 if r["status"] == "ok"]
+    changed = sum(r["final"] != r["initial"] for r in generated)
+    assert f"{len(generated)} samples; the final revision differs from the initial response in {changed} " in text
+    judged = list(latest_by_id(list(read_jsonl(pipeline.run / "judge" / "records.jsonl"))).values())
+    labelled = [r for r in judged if r["status"] == "ok"]
+    assert f"{len(judged)} pairs judged: {len(labelled)} labelled, {len(judged) - len(labelled)} invalid" in text
+    results = json.loads((pipeline.run / "eval" / "results.json").read_text())
+    harm, refusal = results["harmlessness"], results["over_refusal"]
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    assert (f"Win-rate {fmt(harm['win_rate'])} (95% CI {fmt(harm['ci95'][0])} to {fmt(harm['ci95'][1])}) over "
+            f"{harm['valid']} judged prompts") in text
+    assert f"Over-refusal: base {fmt(refusal['base']['refusal_rate'])}, trained " \
+           f"{fmt(refusal['trained']['refusal_rate'])}" in text
