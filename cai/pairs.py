@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,13 @@ class Pair:
     second: str
     meta: dict[str, Any] = field(default_factory=dict)
     """Where the two responses came from (e.g. {"first": "final", "second": "initial", "source_id": ...})."""
+
+    @property
+    def digest(self) -> str:
+        """What is judged (the conversation and both responses): a resumed run re-judges a pair whose id is
+        unchanged but whose content was edited."""
+        content = json.dumps([self.prompt, self.first, self.second], ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def _generate_records(run_dir: Path) -> list[dict]:

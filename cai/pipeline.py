@@ -10,6 +10,7 @@ skipped, and the generate and judge stages resume their own records, so rerunnin
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,10 @@ from cai.store import check_run_name, write_json_atomic
 from cai.yaml_safe import YAMLInputError, load_yaml
 
 Stage = Literal["generate", "judge", "sft", "dpo", "eval", "report"]
+DEPENDS: dict[str, tuple[str, ...]] = {"generate": (), "judge": ("generate",), "sft": ("generate",),
+                                       "dpo": ("judge", "sft"), "eval": ("sft", "dpo"),
+                                       "report": ("generate", "judge", "sft", "dpo", "eval")}
+"""The stages whose outputs each stage reads (within a recipe)."""
 
 
 class Recipe(BaseModel):
@@ -88,8 +93,39 @@ class Pipeline:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _fingerprint(self, stage: str) -> str:
+        """The stage's settings, the content of what it reads from outside the run (constitution, templates,
+        prompts, models) and the fingerprints of the stages it reads from: a change anywhere upstream makes it
+        stale."""
         config = self.configs.get(stage)
-        return settings_hash(config.model_dump(mode="json")) if config is not None else "report"
+        upstream = {d: self._fingerprint(d) for d in DEPENDS[stage] if d in self.configs}
+        return settings_hash({"settings": config.model_dump(mode="json") if config is not None else stage,
+                              "inputs": self._inputs(stage), "upstream": upstream})
+
+    def _inputs(self, stage: str) -> dict[str, str]:
+        from cai.constitution import load_constitution
+        from cai.fingerprint import input_fingerprints, model_fingerprint
+
+        config = self.configs.get(stage)
+        if stage == "generate":
+            return input_fingerprints(load_constitution(config.constitution), config.templates, config.prompts,
+                                      config.engine.model)
+        if stage == "judge":
+            return input_fingerprints(load_constitution(config.constitution), config.templates, None,
+                                      config.engine.model)
+        base = self.recipe.generate.get("engine", {}).get("model")
+        return {"base_model": model_fingerprint(base)} if stage in ("sft", "eval") else {}
+
+    def _set_aside_stale(self, stage: str) -> None:
+        """A stage that finished before with other inputs reruns from scratch: its old folder (the pipeline's
+        own) becomes `<stage>.previous`, replacing an older one, so nothing of it mixes into the new outputs."""
+        finished = self._status().get(stage)
+        folder = self.run / stage
+        if finished is None or not folder.exists() or stage == "report":
+            return
+        previous = self.run / f"{stage}.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        folder.rename(previous)
+        print(f"cai run: {stage} is stale (its settings or inputs changed); the old outputs are in {previous}")
 
     def is_done(self, stage: str) -> bool:
         return self._status().get(stage, {}).get("fingerprint") == self._fingerprint(stage)
@@ -145,6 +181,7 @@ class Pipeline:
             for stage in pending:
                 print(f"cai run: {stage} ...", flush=True)
                 start = time.monotonic()
+                self._set_aside_stale(stage)
                 await self.run_stage(stage, engine, progress)
                 self._mark(stage, time.monotonic() - start)
                 outcome[stage] = f"done in {time.monotonic() - start:.0f} s"

@@ -133,6 +133,19 @@ class JsonlLog:
                 self._file = None
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ (one level into nested settings such as `inputs`)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict) and not prefix:
+                changed += _differences(a, b, f"{key}.")
+            else:
+                changed.append(prefix + key)
+    return changed
+
+
 class FolderInUseError(RunConflictError):
     """Another live process is writing into this folder."""
 
@@ -201,11 +214,11 @@ class RunStore:
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             if old.get("compat") != compat:
-                changed = sorted(k for k in set(old.get("compat", {})) | set(compat)
-                                 if old.get("compat", {}).get(k) != compat.get(k))
+                changed = _differences(old.get("compat", {}), compat)
                 raise RunConflictError(
-                    f"{self.path} holds a run made with other settings (differs in: {', '.join(changed)}). "
-                    "Use another --run-name, or delete the folder to start over."
+                    f"{self.path} holds a run made with other settings or inputs (differs in: {', '.join(changed)}); "
+                    "resuming would mix its outputs with new ones. Use another --run-name, or delete the folder "
+                    "to start over."
                 )
             manifest = {**manifest, "created": old.get("created"), "resumed": old.get("resumed", 0) + 1}
         else:

@@ -184,3 +184,70 @@ def test_a_second_run_into_a_locked_folder_stops_at_once(tmp_path):
     store.open({"kind": "generate"}, {})
     store.close()
     FolderLock(tmp_path / "run").acquire().release()  # closed stores release their lock
+
+
+# --- changed inputs never mix with old outputs ------------------------------------------------------------------------
+def recipe_with(tmp_path: Path, constitution: Path, **sft) -> object:
+    from cai.pipeline import Recipe, load_recipe
+
+    data = load_recipe("quickstart").model_dump()
+    data.update(output_dir=str(tmp_path), name="r")
+    data["generate"]["constitution"] = str(constitution)
+    data["judge"]["constitution"] = str(constitution)
+    data["sft"].update(sft)
+    return Recipe(**data)
+
+
+def test_a_stage_is_stale_when_anything_upstream_changed(tmp_path):
+    import shutil
+
+    from cai.pipeline import Pipeline
+    from cai.resources import data_dir
+
+    constitution = tmp_path / "mine.yaml"
+    shutil.copy(data_dir("constitutions") / "harmless.yaml", constitution)
+    first = Pipeline(recipe_with(tmp_path, constitution))
+    first.run.mkdir()
+    for stage in first.recipe.stages:
+        first._mark(stage, 1.0)
+    assert all(first.is_done(s) for s in first.recipe.stages)
+    # other SFT settings: SFT and everything reading from it is stale, generate and judge are not
+    changed = Pipeline(recipe_with(tmp_path, constitution, learning_rate=3e-5))
+    assert [s for s in changed.recipe.stages if changed.is_done(s)] == ["generate", "judge"]
+    # an edited constitution (same path): everything is stale
+    constitution.write_text(constitution.read_text().replace("name: harmless", "name: harmless-edited", 1))
+    edited = Pipeline(recipe_with(tmp_path, constitution))
+    assert not any(edited.is_done(s) for s in edited.recipe.stages if s != "report")
+
+
+def test_a_resumed_run_refuses_an_edited_constitution(tmp_path):
+    import shutil
+
+    from cai.constitution import load_constitution
+    from cai.fingerprint import input_fingerprints
+    from cai.resources import data_dir
+    from cai.store import RunConflictError, RunStore
+
+    path = tmp_path / "mine.yaml"
+    shutil.copy(data_dir("constitutions") / "harmless.yaml", path)
+    inputs = input_fingerprints(load_constitution(path), None, "red-team", None)
+    store = RunStore(tmp_path, "run")
+    store.open({"kind": "generate"}, {"seed": 0, "inputs": inputs})
+    store.close()
+    path.write_text(path.read_text().replace("name: harmless", "name: harmless-edited", 1))
+    edited = input_fingerprints(load_constitution(path), None, "red-team", None)
+    with pytest.raises(RunConflictError, match=r"differs in: inputs\.constitution\)"):
+        RunStore(tmp_path, "run").open({"kind": "generate"}, {"seed": 0, "inputs": edited})
+
+
+def test_a_judge_pair_with_edited_content_is_judged_again():
+    from cai.judge_run import Done
+    from cai.pairs import Pair
+
+    pair = Pair("p1/final-vs-initial", [{"role": "user", "content": "hi"}], "hello", "no")
+    done = Done({"p1/final-vs-initial": {"id": "p1/final-vs-initial", "status": "ok", "pair_sha": pair.digest}})
+    assert pair in done
+    edited = Pair(pair.id, pair.prompt, "hello there", "no")
+    assert edited not in done  # same id, other content: not done
+    legacy = Done({pair.id: {"id": pair.id, "status": "ok"}})  # a record from before digests: still counts
+    assert edited in legacy

@@ -27,7 +27,9 @@ def test_records_survive_reopen_and_torn_tail_is_cut(tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
-    RunStore(tmp_path, "r").open({}, {"rounds": 1, "seed": 0})
+    first = RunStore(tmp_path, "r")
+    first.open({}, {"rounds": 1, "seed": 0})
+    first.close()
     with pytest.raises(RunConflictError, match="differs in: rounds"):
         RunStore(tmp_path, "r").open({}, {"rounds": 2, "seed": 0})
 
