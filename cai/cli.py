@@ -215,25 +215,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.action == "model":
         return cmd_eval_model(args)
     from cai.config import load_config
-    from cai.engines import EngineConfig, create_engine
-    from cai.judge import JudgeSettings
+    from cai.engines import create_engine
     from cai.judge_eval import evaluate_judge
+    from cai.judge_run import JudgeConfig, settings_of
+    from cai.pairs import pairs_from_file
     from cai.resources import data_dir
 
-    options = _overrides(args)
-    engine_config = load_config(EngineConfig, None, {k.split(".", 1)[1]: v for k, v in options.items()
-                                                    if k.startswith("engine.")})
-    tuning = {k: options[k] for k in ("cot", "cot_max_tokens", "min_option_mass", "top_logprobs") if k in options}
-    settings = JudgeSettings(**tuning, cot_band=tuple(options.get("cot_band", (0.4, 0.6))),
-                             template_dir=options.get("templates"))
     path = args.file or str(data_dir("prompts") / "judge-eval.jsonl")
+    # the same validation as `cai judge`, all before any engine starts
+    config = load_config(JudgeConfig, None, {**_overrides(args), "source": path, "strategy": "file"})
+    pairs, problems = pairs_from_file(path, config.limit)
+    if not pairs:
+        raise ValueError(f"{path}: no usable labelled pairs ({len(problems)} rows rejected"
+                         + (f", first: {problems[0].reason}" if problems else "") + ")")
+    if args.report_out:
+        _check_writable(Path(args.report_out))
 
     async def run():
-        engine = create_engine(engine_config)
+        engine = create_engine(config.engine)
         try:
-            return await evaluate_judge(engine, path, options.get("principles_per_pair", 4),
-                                        options.get("constitution", "harmless"), settings, options.get("seed", 0),
-                                        options.get("limit"), options.get("judge_few_shot", 0))
+            return await evaluate_judge(engine, path, config.principles_per_pair, config.constitution,
+                                        settings_of(config), config.seed, config.limit, config.judge_few_shot)
         finally:
             await engine.close()
 
@@ -242,6 +244,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report_out:
         Path(args.report_out).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0
+
+
+def _check_writable(target: Path) -> None:
+    """A file path that can be written: not a folder, in a folder that exists."""
+    if target.is_dir():
+        raise ValueError(f"--out {target} is a folder; give a file name such as {target / 'judge-eval.json'}")
+    if not target.parent.is_dir():
+        raise ValueError(f"--out {target}: the folder {target.parent} does not exist")
 
 
 def format_judge_report(report: dict[str, Any]) -> str:
@@ -314,8 +324,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from cai.export import export_generate_run, export_judge_run
+    from cai.store import read_manifest
 
-    kind = json.loads((Path(args.run) / "manifest.json").read_text(encoding="utf-8")).get("kind")
+    kind = read_manifest(Path(args.run) / "manifest.json").get("kind")
     counts = (export_judge_run if kind == "judge" else export_generate_run)(args.run)
     print(json.dumps({"export": str(Path(args.run) / "export"), "rows": counts}))
     return 0

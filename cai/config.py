@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cai.engines import EngineConfig
 from cai.yaml_safe import YAMLInputError, load_yaml
@@ -24,7 +25,7 @@ class ConfigError(ValueError):
 
 
 class StageTokens(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     initial: int = Field(default=256, ge=1)
     """Most new tokens for the first response."""
     critique: int = Field(default=160, ge=1)
@@ -43,7 +44,7 @@ DEFAULT_EARLY_STOP = [
 class GenerateConfig(BaseModel):
     """Settings of `cai generate` (the SL-CAI critique -> revision stage)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     constitution: str = "harmless"
     """Bundled constitution name or path to a YAML file."""
@@ -78,6 +79,29 @@ class GenerateConfig(BaseModel):
     templates: str | None = None
     """Folder of stage templates replacing the bundled `prompts/templates`."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @field_validator("early_stop_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"early_stop_patterns: {pattern!r} is not a regular expression ({e})") from None
+        return patterns
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_exist(cls, folder: str | None) -> str | None:
+        return check_template_folder(folder)
+
+
+def check_template_folder(folder: str | None) -> str | None:
+    """A custom template folder must exist and be a folder (checked before any engine starts)."""
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise ValueError(f"templates: {folder} is not a folder (it should hold the .j2 files replacing "
+                         "prompts/templates)")
+    return folder
 
 
 # Fields that do not change what a sample's record holds; a resumed run may change them.

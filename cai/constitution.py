@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +30,7 @@ class ConstitutionError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class Message(_Strict):
@@ -103,8 +104,8 @@ class JudgeExample(_Strict):
 
 
 class Constitution(_Strict):
-    name: str = Field(min_length=1)
-    """Short name, used in run names and dataset cards."""
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Short name, used in run folder names and dataset cards: letters, digits, `-`, `_` and `.`."""
     version: str = "1"
     """Version of this constitution, recorded in every run."""
     description: str = ""
@@ -206,8 +207,14 @@ def import_constitution(path: str | Path, name: str | None = None) -> Constituti
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConstitutionError(f"{path}: not valid JSON: {e}") from None
-    name = name or path.stem
+    except RecursionError:
+        raise ConstitutionError(f"{path}: JSON nested too deeply") from None
+    name = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.") or "imported"
     if isinstance(data, dict) and "constitutions" in data:
+        entries = data["constitutions"]
+        if not isinstance(entries, list) or not all(isinstance(c, dict) for c in entries):
+            raise ConstitutionError(f"{path}: `constitutions` must be a list of objects with `critic` and "
+                                    "`revision` (llm-swarm format)")
         principles = [
             {"id": f"principle{i}", "critique_request": c.get("critic", ""), "revision_request": c.get("revision", "")}
             for i, c in enumerate(data["constitutions"])

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from cai.redact import redact_secrets
-from cai.store import latest_by_id, read_jsonl, write_json_atomic
+from cai.store import latest_by_id, read_jsonl, read_manifest, write_json_atomic
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -94,7 +94,7 @@ def dataset_card(manifest: dict[str, Any], counts: dict[str, int], summary: str)
 def export_generate_run(run_dir: str | Path) -> dict[str, int]:
     """Write `run_dir/export/`; returns the row count of each split."""
     run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(run_dir / "manifest.json")
     records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
                      key=lambda r: (r.get("index", 0), r["id"]))  # prompt-set order, whatever the completion order
     ok = [r for r in records if r["status"] == "ok"]
@@ -148,7 +148,7 @@ def judgement_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
 def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     """Write `run_dir/export/` for a judge run; returns the row count of each split."""
     run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(run_dir / "manifest.json")
     config = manifest["config"]
     records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
                      key=lambda r: (r.get("index", 0), r["id"]))

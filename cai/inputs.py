@@ -93,6 +93,9 @@ def _jsonl_rows(data: bytes, source: str) -> Iterable[tuple[str, dict | InputPro
         except json.JSONDecodeError as e:
             yield where, InputProblem(where, f"invalid JSON: {e.msg}", raw_line[:200].decode("utf-8", "replace"))
             continue
+        except RecursionError:
+            yield where, InputProblem(where, "JSON nested too deeply", raw_line[:200].decode("utf-8", "replace"))
+            continue
         yield where, row if isinstance(row, dict) else {"prompt": row}
 
 
@@ -179,6 +182,10 @@ def load_prompts(source: str | Path, column: str | None = None, split: str = "tr
         tags = row.get("tags") or ([row["category"]] if row.get("category") else [])
         if isinstance(tags, str):
             tags = [t.strip() for t in tags.split(",") if t.strip()]
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            items.append(InputProblem(where, f"`tags` must be a list of strings or a comma-separated string, "
+                                             f"got {str(tags)[:80]}", str(row)[:200]))
+            continue
         meta = {k: v for k, v in row.items() if k not in (column, "id", "tags") and isinstance(v, str | int | float | bool)}
         items.append(PromptItem(item_id, messages, list(tags), meta, row))
     return items[:limit] if limit is not None else items

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.config import compat_settings, settings_hash
+from cai.config import check_template_folder, compat_settings, settings_hash
 from cai.constitution import Constitution, load_constitution
 from cai.engines import Engine, EngineConfig, EngineDeadError, RequestError, Sampling, create_engine
 from cai.fingerprint import input_fingerprints, model_fingerprint
@@ -39,7 +39,7 @@ Strategy = Literal["revision-vs-initial", "revisions", "sampled", "file"]
 class JudgeConfig(BaseModel):
     """Settings of `cai judge` (the RL-CAI feedback stage)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     source: str
     """A generate run folder, a pairs file (strategy `file`) or a prompt set (strategy `sampled`)."""
@@ -86,6 +86,10 @@ class JudgeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
+        low, high = self.cot_band
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"cot_band ({low}, {high}) must satisfy 0 <= low <= high <= 1")
+        check_template_folder(self.templates)
         if self.min_valid_principles > self.principles_per_pair:
             raise ValueError(f"min_valid_principles ({self.min_valid_principles}) cannot exceed principles_per_pair "
                              f"({self.principles_per_pair})")

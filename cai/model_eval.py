@@ -30,7 +30,7 @@ from cai.templating import render
 
 
 class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     trained: str
     """The trained model (checkpoint folder, hub id, .gguf or openai/<name>)."""

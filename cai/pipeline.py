@@ -34,7 +34,7 @@ DEPENDS: dict[str, tuple[str, ...]] = {"generate": (), "judge": ("generate",), "
 
 
 class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     """Run folder name under `output_dir`."""

@@ -54,22 +54,56 @@ def write_json_atomic(path: Path, data: Any) -> None:
                                     "unchanged; free space or fix the folder, then rerun the same command)") from e
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
-    """Whole records of a JSONL file; a torn last line is skipped."""
+def _whole_json(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+class CorruptRunError(ValueError):
+    """A run file that cai did not write as it is (edited or damaged), named with its line."""
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> Iterator[dict]:
+    """Whole records of a JSONL file; a torn last line (no newline, not whole JSON) is skipped, a complete last
+    record without its newline is kept. Each record must be a JSON object with the `required` keys."""
     if not path.exists():
         return
     with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            if line.strip():
-                yield json.loads(line)
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                if not line.endswith(b"\n"):
+                    break  # a torn tail: cut on the next open
+                raise CorruptRunError(f"{path}:{number}: not a JSON record ({e}); the file was edited or "
+                                      "damaged") from None
+            if not isinstance(record, dict) or any(k not in record for k in required):
+                raise CorruptRunError(f"{path}:{number}: expected a JSON object with {', '.join(required) or 'keys'}"
+                                      f", got {line[:80].decode('utf-8', 'replace')!r}")
+            yield record
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's manifest.json, which must be a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CorruptRunError(f"{path}: not valid JSON ({e}); the file was edited or damaged") from None
+    if not isinstance(data, dict):
+        raise CorruptRunError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 class JsonlLog:
     """An append-only JSONL file: each record is flushed when written and fsynced in small batches."""
 
-    def __init__(self, path: Path, fsync_every: int = 8, fsync_seconds: float = 2.0):
+    def __init__(self, path: Path, fsync_every: int = 8, fsync_seconds: float = 2.0,
+                 required: tuple[str, ...] = ()):
+        self.required = required
         self.path = path
         self.fsync_every = fsync_every
         self.fsync_seconds = fsync_seconds
@@ -86,9 +120,12 @@ class JsonlLog:
                 data = f.read()
                 keep = data.rfind(b"\n") + 1
                 if keep != len(data):
-                    f.truncate(keep)
+                    if _whole_json(data[keep:]):  # a complete record that only lost its newline: keep it
+                        f.write(b"\n")
+                    else:
+                        f.truncate(keep)
                     os.fsync(f.fileno())
-        records = list(read_jsonl(self.path))
+        records = list(read_jsonl(self.path, self.required))
         self._file = open(self.path, "a", encoding="utf-8")
         return records
 
@@ -212,7 +249,7 @@ class RunStore:
     def _open(self, manifest: dict[str, Any], compat: dict[str, Any]) -> list[dict]:
         manifest, compat = redact_secrets(manifest), redact_secrets(compat)  # compared as they are stored
         if self.manifest_path.exists():
-            old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            old = read_manifest(self.manifest_path)
             if old.get("compat") != compat:
                 changed = _differences(old.get("compat", {}), compat)
                 raise RunConflictError(
@@ -222,14 +259,17 @@ class RunStore:
                 )
             manifest = {**manifest, "created": old.get("created"), "resumed": old.get("resumed", 0) + 1}
         else:
+            if self.records_path.exists() and self.records_path.stat().st_size:
+                raise RunConflictError(f"{self.records_path} holds records but the run has no manifest.json, so "
+                                       "nothing says which settings made them; delete the folder to start over")
             manifest = {**manifest, "created": dt.datetime.now(dt.UTC).isoformat(), "resumed": 0}
         write_json_atomic(self.manifest_path, {**manifest, "compat": compat})
-        self._records = self.log(self.records_path.name)
+        self._records = self.log(self.records_path.name, required=("id", "status"))
         return self._records.open()
 
-    def log(self, file_name: str) -> JsonlLog:
+    def log(self, file_name: str, required: tuple[str, ...] = ()) -> JsonlLog:
         """Another append-only file of this run (opened by the caller), closed with the store."""
-        log = JsonlLog(self.path / file_name)
+        log = JsonlLog(self.path / file_name, required=required)
         self._logs.append(log)
         return log
 
@@ -243,7 +283,7 @@ class RunStore:
             self._lock.release()
 
     def update_manifest(self, **fields: Any) -> None:
-        data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        data = read_manifest(self.manifest_path)
         data.update(redact_secrets(fields))
         write_json_atomic(self.manifest_path, data)
 

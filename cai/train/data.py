@@ -25,7 +25,9 @@ class DataError(ValueError):
 def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[str, Any]]:
     path = Path(data)
     if (path / "manifest.json").is_file():
-        run_kind = json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("kind")
+        from cai.store import read_manifest
+
+        run_kind = read_manifest(path / "manifest.json").get("kind")
         name = {"generate": "sft.jsonl", "judge": "train.jsonl"}.get(run_kind)
         if name is None or not (path / "export" / name).is_file():
             raise DataError(f"{path}: a `cai {run_kind}` run without an export; run `cai export {path}` first")
@@ -77,6 +79,8 @@ def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{number}: JSON nested too deeply") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
@@ -86,15 +90,20 @@ def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
 def _as_messages(value: Any, role: str, column: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+    if isinstance(value, list) and value and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                 and isinstance(m.get("content"), str) for m in value):
         return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise DataError(f"column {column!r}: expected a string or a list of {{role, content}} messages")
+    raise DataError(f"column {column!r}: expected a string or a list of {{role, content}} messages with text "
+                    f"content, got {str(value)[:80]}")
 
 
 def check_columns(rows: list[dict], required: tuple[str, ...], source: str) -> None:
-    missing = [c for c in required if c not in rows[0]]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {', '.join(missing)} (has {', '.join(rows[0])})")
+    """Every row, not only the first, has the required columns."""
+    for index, row in enumerate(rows):
+        missing = [c for c in required if c not in row]
+        if missing:
+            raise DataError(f"{source}: row {index} is missing column(s) {', '.join(missing)} "
+                            f"(has {', '.join(row)})")
 
 
 @dataclass
