@@ -27,7 +27,7 @@ from cai.constitution import Constitution, load_constitution
 from cai.engines import Engine, EngineConfig, EngineDeadError, RequestError, Sampling, create_engine
 from cai.fingerprint import input_fingerprints, model_fingerprint
 from cai.generate import RunFailed, RunSummary, package_versions, run_all
-from cai.inputs import InputProblem, PromptItem, load_prompts
+from cai.inputs import InputError, InputProblem, PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_examples, judge_pair, option_token_ids
 from cai.pairs import Pair, pairs_from_file, revision_vs_initial, sampled_pairs, successive_revisions
 from cai.progress import Progress
@@ -187,6 +187,15 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     """Run (or resume) a judge run and export its preference dataset."""
     constitution = load_constitution(config.constitution)
     constitution.sample_preference_principles(random.Random(0), 1)  # fail early without preference principles
+    # the pairs (or the prompts to sample for) are read and checked before any folder or engine exists
+    if config.strategy == "sampled":
+        items, static = load_prompts(config.source, config.prompt_column, config.split, config.limit), None
+    else:
+        items, static = [], static_pairs(config)
+        if not static[0]:
+            first = f"; first problem: {static[1][0].id}: {static[1][0].reason}" if static[1] else ""
+            raise InputError(f"{config.source}: no pairs to judge ({len(static[1])} rows rejected, {static[2]} "
+                             f"candidate pairs identical){first}")
     run_name = config.run_name or (f"judge-{Path(config.source).name}-{config.strategy}-"
                                    f"{settings_hash(compat_settings(config))}")
     store = RunStore(config.output_dir, run_name)
@@ -221,9 +230,9 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
                     policy = create_engine(config.policy_engine)
                     owned.append(policy)
             store.update_manifest(policy_engine=policy.describe())
-            coroutines = await _sampled_jobs(run, policy, done)
+            coroutines = await _sampled_jobs(run, policy, done, items)
         else:
-            pairs, problems, identical = static_pairs(config)
+            pairs, problems, identical = static
             summary.total = len(pairs) + len(problems)
             summary.skipped = sum(p in done for p in pairs) + sum(p.id in done for p in problems)
             store.update_manifest(pairs={"total": len(pairs), "identical_skipped": identical,
@@ -262,12 +271,11 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     return summary
 
 
-async def _sampled_jobs(run: JudgeRun, policy: Engine, done: Done) -> list:
+async def _sampled_jobs(run: JudgeRun, policy: Engine, done: Done, items: list) -> list:
     """One coroutine per prompt: sample K responses (kept in responses.jsonl), then judge its pairs."""
     config = run.config
     responses_log = run.store.log("responses.jsonl")
     stored = {r["id"]: r["responses"] for r in responses_log.open()}
-    items = load_prompts(config.source, config.prompt_column, config.split, config.limit)
     sampling = Sampling(max_tokens=config.policy_max_new_tokens, temperature=config.policy_temperature)
     per_prompt = config.samples_per_prompt - 1
     if config.pairing == "all":

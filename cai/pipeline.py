@@ -39,7 +39,9 @@ class Recipe(BaseModel):
     name: str
     """Run folder name under `output_dir`."""
     output_dir: str = "outputs"
-    stages: list[Stage] = Field(default_factory=lambda: ["generate", "judge", "sft", "dpo", "eval", "report"])
+    stages: list[Stage] = Field(default_factory=lambda: ["generate", "judge", "sft", "dpo", "eval", "report"],
+                                min_length=1)
+    """The stages to run, in pipeline order (at least one)."""
     generate: dict[str, Any] = Field(default_factory=dict)
     """`cai generate` settings (output_dir and run_name are set by the recipe)."""
     judge: dict[str, Any] = Field(default_factory=dict)

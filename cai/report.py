@@ -188,6 +188,10 @@ document.body.setAttribute('data-images-loaded',ok+'/'+imgs.length);});"""
 def write_report(run_dir: str | Path) -> Path:
     """Write `run_dir/report/index.html` and its PNG plots; returns the page's path."""
     run = Path(run_dir)
+    if not run.is_dir():
+        raise ValueError(f"{run} is not a folder (a `cai run` output folder, such as outputs/quickstart)")
+    if not any((run / stage).exists() for stage in ("generate", "judge", "sft", "dpo", "eval")):
+        raise ValueError(f"{run} holds no cai stage output to report on")
     folder = run / "report"
     folder.mkdir(parents=True, exist_ok=True)
     sections = []

@@ -5,6 +5,7 @@ run folders. No model is loaded: each probe must be refused before anything heav
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -251,3 +252,141 @@ def test_a_judge_pair_with_edited_content_is_judged_again():
     assert edited not in done  # same id, other content: not done
     legacy = Done({pair.id: {"id": pair.id, "status": "ok"}})  # a record from before digests: still counts
     assert edited in legacy
+
+
+# --- bad values and malformed files: one line, before anything loads -------------------------------------------------
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["judge", "x", "--cot-band", "0.9", "0.1"], "cot_band (0.9, 0.1) must satisfy"),
+    (["judge", "x", "--cot-band", "nan", "nan"], "finite number"),
+    (["judge", "x", "--min-option-mass", "5"], "min_option_mass"),
+    (["judge", "x", "--limit", "0"], "limit"),
+    (["judge", "x", "--principles", "-2"], "principles_per_pair"),
+    (["eval", "judge", "--top-logprobs", "0"], "top_logprobs"),
+    (["generate", "--temperature", "inf"], "temperature: Input should be a finite number"),
+    (["generate", "--templates", "/no/such/folder"], "is not a folder"),
+    (["train", "dpo", "--data", "d", "--out", "o", "--learning-rate", "inf"], "finite number"),
+    (["report", "typo/path"], "is not a folder"),
+])
+def test_bad_values_are_refused_before_anything_starts(args, message, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-800:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_config_file_values_too(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("early_stop: true\nearly_stop_patterns: ['(unclosed']\n")
+    done = cai("generate", "--config", str(config))
+    assert done.returncode == 2 and "is not a regular expression" in done.stderr
+    constitution = tmp_path / "c2.yaml"
+    constitution.write_text("name: My Constitution\nprinciples:\n  - id: a\n    critique_request: Is it bad?\n"
+                            "    revision_request: Make it good.\n    weight: .inf\n")
+    done = cai("constitution", "validate", str(constitution))
+    assert done.returncode == 2 and "name: String should match pattern" in done.stderr
+    assert "weight: Input should be a finite number" in done.stderr
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nstages: []\n")
+    done = cai("run", str(recipe))
+    assert done.returncode == 2 and "stages" in done.stderr
+
+
+def test_malformed_imports_and_nested_json_name_the_file(tmp_path):
+    (tmp_path / "swarm.json").write_text(json.dumps({"constitutions": [1, 2]}))
+    done = cai("constitution", "import", str(tmp_path / "swarm.json"))
+    assert done.returncode == 2 and "must be a list of objects" in done.stderr
+    (tmp_path / "deep.json").write_text(DEEP)
+    done = cai("constitution", "import", str(tmp_path / "deep.json"))
+    assert done.returncode == 2 and "nested too deeply" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_prompt_rows_with_nested_json_or_bad_tags_are_error_records(tmp_path):
+    from cai.inputs import InputProblem, load_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join([json.dumps({"prompt": "fine"}), DEEP, json.dumps({"prompt": "x", "tags": 5})]) + "\n")
+    items = load_prompts(str(path))
+    assert not isinstance(items[0], InputProblem)
+    assert isinstance(items[1], InputProblem) and "nested too deeply" in items[1].reason
+    assert isinstance(items[2], InputProblem) and "`tags` must be" in items[2].reason
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt": "hello", "chosen": "yes", "rejected": "no", "p_chosen": True}], "p_chosen must be a number"),
+    ([{"prompt": "hello", "chosen": "yes", "rejected": "no", "p_chosen": 0.7},
+      {"prompt": "hello", "chosen": "sure", "rejected": "no"}], "row 1 is missing column(s) p_chosen"),
+    ([{"prompt": "hello", "chosen": "yes", "rejected": "no", "p_chosen": 0.7},
+      {"prompt": "hello", "chosen": "sure"}], "row 1 is missing column(s) rejected"),
+    ([{"prompt": [{"role": "user", "content": 5}], "chosen": "yes", "rejected": "no", "p_chosen": 0.7}],
+     "with text content"),
+])
+def test_bad_training_rows_are_refused_before_the_weights_load(tmp_path, rows, message):
+    model = tiny_model_folder(tmp_path / "m")
+    (model / "model.safetensors").write_bytes(b"not weights")  # loading these would fail: the data must fail first
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = cai("train", "dpo", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o"),
+               "--loss-type", "soft")
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-800:]
+    assert "cannot load model" not in done.stderr
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(DEEP + "\n")
+    done = cai("train", "dpo", "--model", str(model), "--data", str(deep), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "nested too deeply" in done.stderr
+
+
+def test_judge_reads_its_pairs_before_any_engine_or_folder(tmp_path):
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("not json\n" + json.dumps({"prompt": "a", "chosen": "same", "rejected": "same"}) + "\n")
+    done = cai("judge", str(pairs_file), "--strategy", "file", "--output-dir", str(tmp_path / "out"),
+               "--model", "/no/such/model")
+    assert done.returncode == 2 and "no pairs to judge" in done.stderr, done.stderr[-800:]
+    assert not (tmp_path / "out").exists()
+    done = cai("eval", "judge", str(pairs_file), "--out", str(tmp_path / "r.json"))
+    assert done.returncode == 2 and "no usable labelled pairs" in done.stderr
+
+
+def test_run_files_that_were_edited_or_damaged_are_named(tmp_path):
+    from cai.store import CorruptRunError, RunConflictError, RunStore
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "records.jsonl").write_text(json.dumps({"id": "a", "status": "ok"}) + "\n")
+    with pytest.raises(RunConflictError, match="no manifest.json"):  # nothing says which settings made these
+        RunStore(tmp_path, "r").open({}, {})
+    (run / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(CorruptRunError, match="manifest.json: expected a JSON object"):
+        RunStore(tmp_path, "r").open({}, {})
+    (run / "manifest.json").write_text("garbage")
+    with pytest.raises(CorruptRunError, match="manifest.json: not valid JSON"):
+        RunStore(tmp_path, "r").open({}, {})
+    (run / "manifest.json").write_text(json.dumps({"compat": {}}))
+    for bad, message in (("garbage\n", "records.jsonl:2: not a JSON record"),
+                         ('{"status": "ok"}\n', "records.jsonl:2: expected a JSON object with id, status"),
+                         ("[1]\n", "records.jsonl:2: expected a JSON object")):
+        (run / "records.jsonl").write_text(json.dumps({"id": "a", "status": "ok"}) + "\n" + bad)
+        with pytest.raises(CorruptRunError, match=re.escape(message)):
+            RunStore(tmp_path, "r").open({}, {})
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    from cai.store import RunStore
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"compat": {}}))
+    (run / "records.jsonl").write_text(json.dumps({"id": "a", "status": "ok"}) + "\n" +
+                                       json.dumps({"id": "b", "status": "ok"}))  # whole, newline lost
+    store = RunStore(tmp_path, "r")
+    assert [r["id"] for r in store.open({}, {})] == ["a", "b"]
+    store.append({"id": "c", "status": "ok"})
+    store.close()
+    assert [json.loads(line)["id"] for line in (run / "records.jsonl").read_text().splitlines()] == ["a", "b", "c"]
+    (run / "records.jsonl").write_text(json.dumps({"id": "a", "status": "ok"}) + '\n{"id": "b", "sta')  # torn
+    store = RunStore(tmp_path, "r")
+    assert [r["id"] for r in store.open({}, {})] == ["a"]
+    store.close()

@@ -39,9 +39,10 @@ def prompt_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generated_pairs(prompt_file, tmp_path_factory):
-    from cai.train.loop import load_model_and_tokenizer
+    from cai.train.loop import load_causal_lm, load_tokenizer
 
-    model, tokenizer, _ = load_model_and_tokenizer(TrainConfig(data="-", out="-"))
+    tokenizer, path = load_tokenizer(None)
+    model = load_causal_lm(path, TrainConfig(data="-", out="-"))
     prompts = load_prompt_examples(str(prompt_file), tokenizer, None, 64)[64:]  # prompts PPO does not use
     ids, mask = left_pad([p["prompt_ids"] for p in prompts], tokenizer.pad_token_id)
     opener = torch.full((len(prompts), 1), tokenizer.encode("I")[0])

@@ -18,7 +18,7 @@ import torch
 
 from cai.train.config import DPOConfig
 from cai.train.data import IGNORE, DataError, Truncation, is_tie, load_rows, tokenize_preferences
-from cai.train.loop import Trainer, add_lora, disable_dropout, load_model_and_tokenizer, pad
+from cai.train.loop import Trainer, add_lora, disable_dropout, load_causal_lm, load_tokenizer, pad
 from cai.train.losses import preference_loss, sequence_logps
 from cai.train.sft import split_eval
 
@@ -110,7 +110,7 @@ def make_dpo_loss(config: DPOConfig, reference: torch.nn.Module | None) -> Calla
 
 
 def prepare_dpo(config: DPOConfig) -> Trainer:
-    model, tokenizer, path = load_model_and_tokenizer(config, torch.float32)
+    tokenizer, path = load_tokenizer(config.model, config.trust_remote_code)
     limits = Truncation(config.max_length, config.max_prompt_length)
     need_p = config.loss_type == "soft"
     rows = load_rows(config.data, config.split, "dpo")
@@ -123,6 +123,7 @@ def prepare_dpo(config: DPOConfig) -> Trainer:
     if config.eval_data:
         held_out, _ = tokenize_preferences(load_rows(config.eval_data, config.split, "dpo"), tokenizer, limits,
                                            need_p, hard_labels=not need_p)
+    model = load_causal_lm(path, config, torch.float32)  # only once the data is known to be usable
     mode = config.reference_mode
     if not config.keep_dropout:
         disable_dropout(model)

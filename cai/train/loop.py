@@ -25,23 +25,33 @@ from cai.train.config import TrainConfig
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
 
 
-def load_model_and_tokenizer(config: TrainConfig, dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model: str | None, trust_remote_code: bool = False) -> tuple[Any, str]:
+    """The model's tokenizer (with a pad token and a chat template) and the resolved path: loaded first, so the
+    training data is read and checked before any weights are."""
+    from transformers import AutoTokenizer
 
     from cai.models import resolve_model
 
-    path = config.model
+    path = model
     try:
-        path = resolve_model(config.model)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+        path = resolve_model(model)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ValueError(f"cannot load model {config.model or 'default'} ({path}): {e}") from None
+        raise ValueError(f"cannot load the tokenizer of model {model or 'default'} ({path}): {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{path}: the tokenizer has no chat template")
-    return model, tokenizer, path
+    return tokenizer, path
+
+
+def load_causal_lm(path: str, config: TrainConfig, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    except Exception as e:
+        raise ValueError(f"cannot load model {config.model or 'default'} ({path}): {e}") from None
 
 
 def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
@@ -318,6 +328,7 @@ class Trainer:
             final_eval = self.evaluate()
             self.log.write(self.step, final_eval)
             last.update(final_eval)
+        self.release_optimizer()
         self.save_final()
         self.accelerator.end_training()
         return last
@@ -340,6 +351,12 @@ class Trainer:
             count += len(chunk)
         self.model.train(was_training)
         return {name: value / count for name, value in sums.items()}
+
+    def release_optimizer(self) -> None:
+        """Drop the optimizer's moments (two copies of the trained weights) before the final save: safetensors
+        serialises a shard in memory, and without this the save, not training, would set the run's peak."""
+        self.optimizer.zero_grad(set_to_none=True)
+        getattr(self.optimizer, "optimizer", self.optimizer).state.clear()
 
     def save_final(self) -> None:
         self.accelerator.wait_for_everyone()

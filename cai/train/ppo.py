@@ -21,7 +21,7 @@ import torch
 
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, fit_prompt
-from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer
+from cai.train.loop import Trainer, add_lora, load_causal_lm, load_tokenizer
 from cai.train.ppo_math import (
     KLController,
     entropy_from_logits,
@@ -326,13 +326,14 @@ def prepare_ppo(config: PPOConfig) -> PPOTrainer:
     from transformers import set_seed
 
     set_seed(config.seed)  # the value head's initial weights
-    policy, tokenizer, path = load_model_and_tokenizer(config, torch.float32)
+    tokenizer, path = load_tokenizer(config.model, config.trust_remote_code)
     examples = load_prompt_examples(config.data, tokenizer, config.limit, config.max_prompt_length)
     train, held_out = split_eval(examples, config.eval_fraction, config.seed)
     if config.eval_data:
         held_out = load_prompt_examples(config.eval_data, tokenizer, None, config.max_prompt_length)
     if len(train) < config.rollout_batch_size:
         raise DataError(f"{len(train)} training prompts, fewer than rollout_batch_size={config.rollout_batch_size}")
+    policy = load_causal_lm(path, config, torch.float32)  # only once the prompts are known to be usable
     reference = None
     if config.reference_mode == "copy":
         reference = copy.deepcopy(policy).eval().requires_grad_(False)

@@ -31,31 +31,26 @@ from cai.train.data import (
     tokenize_preferences,
 )
 from cai.train.dpo import collate_pairs
-from cai.train.loop import Trainer, add_lora, disable_dropout, pad
+from cai.train.loop import Trainer, add_lora, disable_dropout, load_tokenizer, pad
 from cai.train.losses import reward_loss
 from cai.train.sft import split_eval
 
 
-def load_reward_model(path: str | None, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+def load_reward_model(path: str | None, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                      tokenizer: Any = None, resolved: str | None = None):
     """A sequence-classification model with one output and its tokenizer; from a causal LM the head starts
-    random (transformers says so), from a `cai train rm` folder it is the trained one."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    random (transformers says so), from a `cai train rm` folder it is the trained one. Pass the tokenizer and
+    resolved path from `load_tokenizer` when they are already loaded."""
+    from transformers import AutoModelForSequenceClassification
 
-    from cai.models import resolve_model
-
-    resolved = path
+    if tokenizer is None:
+        tokenizer, resolved = load_tokenizer(path, trust_remote_code)
     try:
-        resolved = resolve_model(path)
-        tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1, dtype=dtype,
                                                                    trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ValueError(f"cannot load reward model {path or 'default'} ({resolved}): {e}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{resolved}: the tokenizer has no chat template")
     return model, tokenizer, resolved
 
 
@@ -140,7 +135,7 @@ class RewardTrainer(Trainer):
 
 
 def prepare_reward(config: RewardConfig) -> RewardTrainer:
-    model, tokenizer, path = load_reward_model(config.model, config.trust_remote_code)
+    tokenizer, path = load_tokenizer(config.model, config.trust_remote_code)
     limits = Truncation(config.max_length, config.max_prompt_length)
 
     def tokenize(source: str) -> tuple[list[dict], int, bool, bool]:
@@ -162,6 +157,7 @@ def prepare_reward(config: RewardConfig) -> RewardTrainer:
     train, held_out = split_eval(examples, config.eval_fraction, config.seed)
     if config.eval_data:
         held_out = tokenize(config.eval_data)[0]
+    model = load_reward_model(config.model, config.trust_remote_code, tokenizer=tokenizer, resolved=path)[0]
     if not config.keep_dropout:
         disable_dropout(model)
     if config.lora:

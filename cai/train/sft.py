@@ -9,7 +9,7 @@ import torch
 
 from cai.train.config import TrainConfig
 from cai.train.data import IGNORE, DataError, Truncation, load_rows, tokenize_sft
-from cai.train.loop import Trainer, add_lora, load_model_and_tokenizer, pad
+from cai.train.loop import Trainer, add_lora, load_causal_lm, load_tokenizer, pad
 
 
 def collate_sft(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -38,8 +38,7 @@ def split_eval(examples: list[dict], fraction: float, seed: int) -> tuple[list[d
 
 
 def prepare_sft(config: TrainConfig) -> Trainer:
-    dtype = torch.float32
-    model, tokenizer, path = load_model_and_tokenizer(config, dtype)
+    tokenizer, path = load_tokenizer(config.model, config.trust_remote_code)
     limits = Truncation(config.max_length, config.max_prompt_length)
     examples, dropped = tokenize_sft(load_rows(config.data, config.split, "sft"), tokenizer, limits)
     if not examples:
@@ -47,6 +46,7 @@ def prepare_sft(config: TrainConfig) -> Trainer:
     train, held_out = split_eval(examples, config.eval_fraction, config.seed)
     if config.eval_data:
         held_out, _ = tokenize_sft(load_rows(config.eval_data, config.split, "sft"), tokenizer, limits)
+    model = load_causal_lm(path, config, torch.float32)  # only once the data is known to be usable
     if config.lora:
         model = add_lora(model, config)
     return Trainer(config, model, tokenizer, train, lambda b: collate_sft(b, tokenizer.pad_token_id), sft_loss,
