@@ -3,10 +3,12 @@ model and settings (TRL is needed only here: `.venv/bin/pip install --no-deps tr
 
     .venv/bin/python benchmarks/bench_train.py [--pairs 32] [--steps 8] [--batch-size 4] [--repeats 1]
 
-Each implementation trains in its own subprocess (so peak RSS is its own): the embedded SmolLM2-135M in float32,
-the shipped labelled pairs, sigmoid DPO with beta 0.1, a frozen reference copy, the same batch size, steps,
-learning rate and max length. Tokens are counted once, from the tokenized pairs each step consumed; time is the
-wall time of the training call alone (model loading excluded). Prints a JSON line with both and the ratio.
+Each run trains in its own subprocess (so peak RSS is its own): the embedded SmolLM2-135M in float32, the
+shipped labelled pairs, sigmoid DPO with beta 0.1, a frozen reference copy, the same batch size, steps, learning
+rate and max length. Three runs: TRL as it ships (its DPOConfig turns gradient checkpointing on), cai with
+`--gradient-checkpointing` (the like-for-like comparison) and cai's default (no checkpointing: faster, more
+memory). Tokens are counted once, from the tokenized pairs each step consumed; time is the wall time of the
+training call alone (model loading excluded). Prints one JSON line with every run and the ratios against TRL.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ def run_cai(args, data: Path, out: Path) -> dict:
     from cai.train.dpo import prepare_dpo
 
     config = DPOConfig(data=str(data), out=str(out), batch_size=args.batch_size, max_steps=args.steps,
-                         learning_rate=1e-5, beta=0.1, max_length=256, max_prompt_length=128, reference="copy",
-                         progress=False)
+                       learning_rate=1e-5, beta=0.1, max_length=256, max_prompt_length=128, reference="copy",
+                       progress=False, gradient_checkpointing=args.impl == "cai-gc")
     trainer = prepare_dpo(config)
     start = time.monotonic()
     last = trainer.train()
@@ -86,7 +88,7 @@ def child(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = pairs_file(args.pairs, Path(tmp))
-        result = (run_cai if args.impl == "cai" else run_trl)(args, data, Path(tmp) / "out")
+        result = (run_trl if args.impl == "trl" else run_cai)(args, data, Path(tmp) / "out")
         result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print("RESULT " + json.dumps(result), flush=True)
 
@@ -96,9 +98,9 @@ def main(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens = count_tokens(args, pairs_file(args.pairs, Path(tmp)))
-    runs: dict[str, list[dict]] = {"cai": [], "trl": []}
+    runs: dict[str, list[dict]] = {"trl": [], "cai-gc": [], "cai": []}
     for _ in range(args.repeats):
-        for impl in ("trl", "cai"):
+        for impl in runs:
             cmd = [sys.executable, __file__, "--impl", impl, "--pairs", str(args.pairs), "--steps", str(args.steps),
                    "--batch-size", str(args.batch_size)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -109,13 +111,18 @@ def main(args) -> dict:
     def mean(impl, key):
         return sum(r[key] for r in runs[impl]) / len(runs[impl])
 
-    return {"benchmark": "train-dpo", "device": "cpu", "pairs": args.pairs, "steps": args.steps,
-            "batch_size": args.batch_size, "tokens": tokens,
-            "cai_tokens_per_s": round(mean("cai", "tokens_per_s"), 1),
-            "trl_tokens_per_s": round(mean("trl", "tokens_per_s"), 1),
-            "ratio": round(mean("cai", "tokens_per_s") / mean("trl", "tokens_per_s"), 3),
-            "cai_peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs["cai"]), 2),
-            "trl_peak_rss_gib": round(max(r["peak_rss_gib"] for r in runs["trl"]), 2), "runs": runs}
+    def peak(impl):
+        return max(r["peak_rss_gib"] for r in runs[impl])
+
+    summary = {"benchmark": "train-dpo", "device": "cpu", "pairs": args.pairs, "steps": args.steps,
+               "batch_size": args.batch_size, "tokens": tokens}
+    for impl in runs:
+        summary[f"{impl}_tokens_per_s"] = round(mean(impl, "tokens_per_s"), 1)
+        summary[f"{impl}_peak_rss_gib"] = round(peak(impl), 2)
+    for impl in ("cai-gc", "cai"):
+        summary[f"{impl}_speed_ratio"] = round(mean(impl, "tokens_per_s") / mean("trl", "tokens_per_s"), 3)
+        summary[f"{impl}_rss_minus_trl_gib"] = round(peak(impl) - peak("trl"), 2)
+    return {**summary, "runs": runs}
 
 
 if __name__ == "__main__":
@@ -124,7 +131,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--impl", choices=["cai", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["cai", "cai-gc", "trl"], help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.impl:
         child(parsed)

@@ -41,6 +41,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     bf16: bool = False
     """Train in bfloat16 mixed precision (where the device supports it)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: far less memory for
+    long sequences and big models, about a third more compute (TRL turns it on by default)."""
     lora: bool = False
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)

@@ -12,6 +12,7 @@ reference at step 0. Dropout is off unless `--keep-dropout`. Hard-label losses (
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from cai.train.config import DPOConfig
 from cai.train.data import IGNORE, DataError, Truncation, is_tie, load_rows, tokenize_preferences
 from cai.train.loop import Trainer, add_lora, disable_dropout, load_causal_lm, load_tokenizer, pad
-from cai.train.losses import preference_loss, sequence_logps
+from cai.train.losses import head_sequence_logps, preference_loss, sequence_logps
 from cai.train.sft import split_eval
 
 
@@ -42,19 +43,49 @@ def collate_pairs(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):  # DDP/FSDP wrappers
+        model = model.module
+    return model
+
+
 def pair_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs of the chosen half and the rejected half of a `collate_pairs` batch.
 
-    Logits are computed only from the position before the earliest response token on (`logits_to_keep`): the
-    prompt's logits are never needed, and at a 50k-250k vocabulary they are most of the memory of a step."""
+    The model's forward (through any DDP/peft wrapper) stops at the final hidden states (`logits_to_keep=1`);
+    the response positions' log-probs come from the output layer one sequence at a time (`head_sequence_logps`),
+    so no [batch, length, vocab] logits tensor is ever held. Models whose logits are not just the output layer
+    of the last hidden state (soft-capped or scaled logits) are detected on first use and get the plain path."""
     labels = batch["labels"]
     labelled = (labels != IGNORE).any(0).nonzero()
     first = max(1, int(labelled[0])) if len(labelled) else 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=labels.shape[1] - first + 1).logits
-    logps = sequence_logps(logits[:, :-1], labels[:, first:])
+    head = _unwrap(model).get_output_embeddings()
+    if head is None or not _head_matches(model, batch, head):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       logits_to_keep=labels.shape[1] - first + 1).logits
+        logps = sequence_logps(logits[:, :-1], labels[:, first:])
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                    logits_to_keep=1)
+        logps = head_sequence_logps(out.hidden_states[-1][:, first - 1: -1], head, labels[:, first:])
     half = logps.shape[0] // 2
     return logps[:half], logps[half:]
+
+
+_HEAD_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _head_matches(model: torch.nn.Module, batch: dict[str, torch.Tensor], head: torch.nn.Module) -> bool:
+    """Once per model: does the output layer applied to the last hidden state give the model's own logits?"""
+    key = _unwrap(model)
+    if key not in _HEAD_CHECKED:
+        ids, mask = batch["input_ids"][:1], batch["attention_mask"][:1]
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=0)
+        own = out.logits.float()
+        from_head = torch.nn.functional.linear(out.hidden_states[-1], head.weight, head.bias).float()
+        _HEAD_CHECKED[key] = own.shape == from_head.shape and torch.allclose(own, from_head, atol=1e-3, rtol=1e-3)
+    return _HEAD_CHECKED[key]
 
 
 @torch.no_grad()
@@ -82,12 +113,6 @@ class DPOTrainer(Trainer):
         if precompute:
             precompute_reference(self.accelerator.unwrap_model(self.model), self.train_examples + self.eval_examples,
                                  self.collate, self.config.batch_size, self._to_device, self.accelerator.autocast)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module"):  # DDP/FSDP wrappers
-        model = model.module
-    return model
 
 
 def make_dpo_loss(config: DPOConfig, reference: torch.nn.Module | None) -> Callable:

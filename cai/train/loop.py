@@ -62,6 +62,18 @@ def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUS
     return get_peft_model(model, lora)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Every transformers model inside `model` (the policy of PPO's policy-and-value, a peft base ...)."""
+    from transformers import PreTrainedModel
+
+    found = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
+    if not found:
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    for module in found:
+        module.config.use_cache = False
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Zero every dropout of the model: `nn.Dropout` modules and the attention dropout that transformers'
     attention layers apply functionally (read from their `attention_dropout` attribute in training mode)."""
@@ -139,6 +151,8 @@ class Trainer:
         self.eval_examples = eval_examples or []
         self.collate = collate
         self.loss_fn = loss_fn
+        if config.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         world = self.accelerator.num_processes

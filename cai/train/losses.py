@@ -66,6 +66,30 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return (torch.stack(rows) * mask).sum(-1)
 
 
+def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       labels: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias).float()
+    return torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def head_sequence_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                        ignore_index: int = -100, rows_per_chunk: int = 1) -> torch.Tensor:
+    """`sequence_logps` computed from the final hidden states and the output layer, a few sequences at a time,
+    each chunk's logits recomputed in the backward pass instead of kept (activation checkpointing of the head).
+    Only one chunk's [length, vocab] logits exist at any moment, in the forward or the backward pass, which at a
+    50k-250k vocabulary is most of a preference step's memory; the price is the head's matmul done twice."""
+    from torch.utils.checkpoint import checkpoint
+
+    mask = labels != ignore_index
+    safe = labels.masked_fill(~mask, 0)
+    chunks = []
+    for start in range(0, hidden.shape[0], rows_per_chunk):
+        args = (hidden[start: start + rows_per_chunk], head.weight, head.bias, safe[start: start + rows_per_chunk])
+        chunks.append(checkpoint(_chunk_token_logps, *args, use_reentrant=False) if torch.is_grad_enabled()
+                      else _chunk_token_logps(*args))
+    return (torch.cat(chunks) * mask).sum(-1)
+
+
 def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_chosen: torch.Tensor | None = None,
                 margin: torch.Tensor | None = None, center_coefficient: float = 0.0,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
