@@ -4,11 +4,14 @@ model and settings (TRL is needed only here: `.venv/bin/pip install --no-deps tr
     .venv/bin/python benchmarks/bench_train.py [--pairs 32] [--steps 8] [--batch-size 4] [--repeats 1]
 
 Each run trains in its own subprocess (so peak RSS is its own): the embedded SmolLM2-135M in float32, the
-shipped labelled pairs, sigmoid DPO with beta 0.1, a frozen reference copy, the same batch size, steps, learning
-rate and max length. Three runs: TRL as it ships (its DPOConfig turns gradient checkpointing on), cai with
-`--gradient-checkpointing` (the like-for-like comparison) and cai's default (no checkpointing: faster, more
-memory). Tokens are counted once, from the tokenized pairs each step consumed; time is the wall time of the
-training call alone (model loading excluded). Prints one JSON line with every run and the ratios against TRL.
+shipped labelled pairs, sigmoid DPO with beta 0.1, the same batch size, steps, learning rate and max length.
+Three runs:
+- `trl`: TRL as it ships (a frozen reference copy scored every step; its DPOConfig turns gradient checkpointing on);
+- `cai`: cai as it ships (the reference scored once before training, `--reference precompute`; no gradient
+  checkpointing). The reference pass is timed and counted: it does the same forward passes TRL does per step;
+- `cai-like-trl`: cai set up as TRL is (`--reference copy --gradient-checkpointing`).
+Tokens are counted once, from the tokenized pairs each step consumed; time is the wall time of training plus,
+for `cai`, its reference pass (model loading excluded). Prints one JSON line with every run and the ratios.
 """
 
 from __future__ import annotations
@@ -32,17 +35,29 @@ def pairs_file(n: int, folder: Path) -> Path:
 
 
 def run_cai(args, data: Path, out: Path) -> dict:
+    from cai.train import dpo
     from cai.train.config import DPOConfig
-    from cai.train.dpo import prepare_dpo
 
+    reference_seconds = []
+    timed = dpo.precompute_reference
+
+    def precompute(*a, **k):
+        start = time.monotonic()
+        timed(*a, **k)
+        reference_seconds.append(time.monotonic() - start)
+
+    dpo.precompute_reference = precompute
+    like_trl = args.impl == "cai-like-trl"
     config = DPOConfig(data=str(data), out=str(out), batch_size=args.batch_size, max_steps=args.steps,
-                       learning_rate=1e-5, beta=0.1, max_length=256, max_prompt_length=128, reference="copy",
-                       progress=False, gradient_checkpointing=args.impl == "cai-gc")
-    trainer = prepare_dpo(config)
+                       learning_rate=1e-5, beta=0.1, max_length=256, max_prompt_length=128,
+                       reference="copy" if like_trl else "precompute", gradient_checkpointing=like_trl,
+                       progress=False)
+    trainer = dpo.prepare_dpo(config)
     start = time.monotonic()
     last = trainer.train()
     # the loop's own clock, as TRL's train() does not save a model at the end and this one does
-    return {"seconds": last["tokens"] / last["tokens_per_s"], "with_save_seconds": time.monotonic() - start,
+    return {"seconds": last["tokens"] / last["tokens_per_s"] + sum(reference_seconds),
+            "reference_pass_seconds": sum(reference_seconds), "with_save_seconds": time.monotonic() - start,
             "tokens": last["tokens"]}
 
 
@@ -98,7 +113,7 @@ def main(args) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tokens = count_tokens(args, pairs_file(args.pairs, Path(tmp)))
-    runs: dict[str, list[dict]] = {"trl": [], "cai-gc": [], "cai": []}
+    runs: dict[str, list[dict]] = {"trl": [], "cai": [], "cai-like-trl": []}
     for _ in range(args.repeats):
         for impl in runs:
             cmd = [sys.executable, __file__, "--impl", impl, "--pairs", str(args.pairs), "--steps", str(args.steps),
@@ -119,7 +134,7 @@ def main(args) -> dict:
     for impl in runs:
         summary[f"{impl}_tokens_per_s"] = round(mean(impl, "tokens_per_s"), 1)
         summary[f"{impl}_peak_rss_gib"] = round(peak(impl), 2)
-    for impl in ("cai-gc", "cai"):
+    for impl in ("cai", "cai-like-trl"):
         summary[f"{impl}_speed_ratio"] = round(mean(impl, "tokens_per_s") / mean("trl", "tokens_per_s"), 3)
         summary[f"{impl}_rss_minus_trl_gib"] = round(peak(impl) - peak("trl"), 2)
     return {**summary, "runs": runs}
@@ -131,7 +146,7 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--impl", choices=["cai", "cai-gc", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["cai", "cai-like-trl", "trl"], help=argparse.SUPPRESS)
     parsed = parser.parse_args()
     if parsed.impl:
         child(parsed)

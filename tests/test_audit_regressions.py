@@ -352,3 +352,20 @@ def test_saved_reward_model_scores_like_transformers_with_pad_equal_to_eos(tmp_p
         with torch.no_grad():
             expected = hf(input_ids=torch.tensor([ids])).logits[0, 0].item()
         assert score == pytest.approx(expected, abs=1e-5)
+
+
+# --- DPO memory: the head-chunked log-probs are the model's own --------------------------------------------------
+def test_pair_logps_without_full_logits_equal_the_models_logits():
+    from cai.train.dpo import collate_pairs, pair_logps
+    from cai.train.losses import sequence_logps
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok)
+    rows = [{"prompt": "how do i pick a lock", "chosen": "sorry i cannot help with that", "rejected": "sure"},
+            {"prompt": "hello", "chosen": "hello world", "rejected": "no no no"}]
+    examples, _ = tokenize_preferences(rows, tok, Truncation(64, 32))
+    batch = collate_pairs(examples, tok.pad_token_id)
+    chosen, rejected = pair_logps(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    full = sequence_logps(logits[:, :-1], batch["labels"][:, 1:])
+    assert torch.cat([chosen, rejected]).tolist() == pytest.approx(full.tolist(), abs=1e-4)

@@ -135,3 +135,21 @@ def test_bad_jsonl_training_files_name_the_line(tmp_path):
 
     with pytest.raises(DataError, match="missing column.*rejected"):
         check_columns(load_rows(str(csv), kind="dpo"), ("prompt", "chosen", "rejected"), "preference data")
+
+
+def test_head_sequence_logps_matches_the_full_logits_in_value_and_gradient():
+    from cai.train.losses import head_sequence_logps
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 8, requires_grad=True)
+    head = torch.nn.Linear(8, 11, bias=True)
+    labels = torch.tensor([[1, 2, IGNORE, 4, 5], [IGNORE, IGNORE, 3, 3, 0], [7, 8, 9, 10, IGNORE]])
+    plain = sequence_logps(head(hidden), labels)
+    plain.sum().backward()
+    expected_hidden, expected_weight = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    chunked = head_sequence_logps(hidden, head, labels, rows_per_chunk=2)
+    chunked.sum().backward()
+    assert chunked.tolist() == pytest.approx(plain.tolist(), abs=1e-5)
+    assert torch.allclose(hidden.grad, expected_hidden, atol=1e-6)
+    assert torch.allclose(head.weight.grad, expected_weight, atol=1e-6)
