@@ -12,20 +12,21 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from cai.engines import EngineConfig
+from cai.errors import UsageError
+from cai.settings import Settings
 from cai.yaml_safe import YAMLInputError, load_yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file or override that cannot be used."""
 
 
-class StageTokens(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class StageTokens(Settings):
     initial: int = Field(default=256, ge=1)
     """Most new tokens for the first response."""
     critique: int = Field(default=160, ge=1)
@@ -41,44 +42,65 @@ DEFAULT_EARLY_STOP = [
 ]
 
 
-class GenerateConfig(BaseModel):
-    """Settings of `cai generate` (the SL-CAI critique -> revision stage)."""
+def check_template_folder(folder: str | None) -> str | None:
+    """A custom template folder must exist and be a folder (checked before any engine starts)."""
+    if folder is not None and not Path(folder).expanduser().is_dir():
+        raise ValueError(f"templates: {folder} is not a folder (it should hold the .j2 files replacing "
+                         "prompts/templates)")
+    return folder
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+class RunSettings(Settings):
+    """What every record-producing stage (generate, judge) shares."""
 
     constitution: str = "harmless"
-    """Bundled constitution name or path to a YAML file."""
-    prompts: str = "red-team"
-    """Bundled prompt set, a file (.jsonl/.json/.csv/.parquet), a datasets folder or a hub id."""
+    """Bundled constitution name (harmless, helpful-honest) or path to a YAML file."""
     prompt_column: str | None = None
     """Column holding the prompt; found automatically when unset."""
     split: str = "train"
     """Split to read from a datasets folder or hub dataset."""
     limit: int | None = Field(default=None, ge=1)
-    """Use only the first N prompts."""
+    """Use only the first N inputs."""
+    seed: int = 0
+    """Seeds principle sampling (per item) and the engine."""
+    concurrency: int = Field(default=256, ge=1)
+    """Items in flight at once; the engine batches across them."""
+    output_dir: str = "outputs"
+    """Folder that holds the run folders."""
+    run_name: str | None = None
+    """Run folder name; by default derived from the inputs and a hash of the settings."""
+    templates: str | None = None
+    """Folder of templates replacing the bundled `prompts/templates`."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """The model's engine (the judge's, for `cai judge`)."""
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_exist(cls, folder: str | None) -> str | None:
+        return check_template_folder(folder)
+
+
+class GenerateConfig(RunSettings):
+    """Settings of `cai generate` (the SL-CAI critique -> revision stage)."""
+
+    prompts: str = "red-team"
+    """Bundled prompt set (red-team, benign), a file (.jsonl/.json/.csv/.parquet), a datasets folder or a hub id."""
     rounds: int = Field(default=1, ge=0)
     """Critique -> revision rounds per prompt."""
     few_shot: int | None = Field(default=None, ge=0)
     """How many of the constitution's few-shot examples to prepend (all when unset)."""
-    seed: int = 0
-    """Seeds principle sampling (per prompt) and the engine."""
     temperature: float = Field(default=0.7, ge=0)
+    """Sampling temperature of every stage."""
     top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus sampling of every stage."""
     max_new_tokens: StageTokens = Field(default_factory=StageTokens)
+    """Most new tokens per stage (initial, critique, revision)."""
     early_stop: bool = False
     """Stop a chain when its critique says there is nothing to fix (matched by `early_stop_patterns`)."""
     early_stop_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_EARLY_STOP))
     """Case-insensitive regular expressions tried against each critique."""
     max_failure_rate: float = Field(default=0.25, ge=0, le=1)
     """End the run non-zero when more than this share of samples fail."""
-    concurrency: int = Field(default=256, ge=1)
-    """Chains in flight at once; the engine batches across them."""
-    output_dir: str = "outputs"
-    run_name: str | None = None
-    """Run folder name; by default derived from the constitution, model and a hash of the settings."""
-    templates: str | None = None
-    """Folder of stage templates replacing the bundled `prompts/templates`."""
-    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @field_validator("early_stop_patterns")
     @classmethod
@@ -90,21 +112,99 @@ class GenerateConfig(BaseModel):
                 raise ValueError(f"early_stop_patterns: {pattern!r} is not a regular expression ({e})") from None
         return patterns
 
-    @field_validator("templates")
-    @classmethod
-    def _templates_exist(cls, folder: str | None) -> str | None:
-        return check_template_folder(folder)
+
+Strategy = Literal["revision-vs-initial", "revisions", "sampled", "file"]
 
 
-def check_template_folder(folder: str | None) -> str | None:
-    """A custom template folder must exist and be a folder (checked before any engine starts)."""
-    if folder is not None and not Path(folder).expanduser().is_dir():
-        raise ValueError(f"templates: {folder} is not a folder (it should hold the .j2 files replacing "
-                         "prompts/templates)")
-    return folder
+class JudgeConfig(RunSettings):
+    """Settings of `cai judge` (the RL-CAI feedback stage)."""
+
+    source: str
+    """A generate run folder, a pairs file (strategy `file`) or a prompt set (strategy `sampled`)."""
+    strategy: Strategy = "revision-vs-initial"
+    """How pairs are made: final revision vs initial response, successive revisions, K samples per prompt from a
+    policy, or a file of pairs."""
+    principles_per_pair: int = Field(default=4, ge=1)
+    """M: preference principles sampled for each pair; the label averages over them."""
+    min_valid_principles: int = Field(default=1, ge=1)
+    """A pair becomes a label only when at least this many of its principles were judged validly in both orders
+    (a principle with one valid order is left out: one order alone carries the judge's position bias)."""
+    judge_few_shot: int = Field(default=0, ge=0)
+    """How many of the constitution's judge examples to prepend."""
+    cot: bool = False
+    """Chain-of-thought: the judge reasons first; its answer letter is scored and clamped into `cot_band`."""
+    cot_max_tokens: int = Field(default=256, ge=8)
+    """Most tokens of chain-of-thought reasoning."""
+    cot_band: tuple[float, float] = (0.4, 0.6)
+    """Chain-of-thought probabilities are clamped into [LOW, HIGH] (the CAI paper used 0.4-0.6)."""
+    min_option_mass: float = Field(default=0.2, ge=0, le=1)
+    """A judgement whose option tokens carry less probability than this is invalid."""
+    top_logprobs: int = Field(default=20, ge=2)
+    """Alternatives read at the answer position (the options' tokens are looked for among them)."""
+    samples_per_prompt: int = Field(default=4, ge=2)
+    """K, for the `sampled` strategy."""
+    pairing: Literal["all", "reference"] = "all"
+    """`sampled`: all K(K-1)/2 pairs, or each sample against the first."""
+    policy_temperature: float = Field(default=1.0, ge=0)
+    """`sampled`: the policy's sampling temperature."""
+    policy_max_new_tokens: int = Field(default=256, ge=1)
+    """`sampled`: most new tokens per sampled response."""
+    min_confidence: float = Field(default=0.5, ge=0.5, le=1)
+    """Export only pairs whose p_chosen is at least this."""
+    drop_inconsistent: bool = False
+    """Export only pairs whose every principle agreed with itself across the two orders."""
+    max_failure_rate: float = Field(default=0.5, ge=0, le=1)
+    """End the run non-zero when more than this share of pairs fail or are invalid."""
+    policy_engine: EngineConfig | None = None
+    """`sampled`: the policy model's engine; the judge's engine when unset."""
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeConfig:
+        low, high = self.cot_band
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"cot_band ({low}, {high}) must satisfy 0 <= low <= high <= 1")
+        if self.min_valid_principles > self.principles_per_pair:
+            raise ValueError(f"min_valid_principles ({self.min_valid_principles}) cannot exceed principles_per_pair "
+                             f"({self.principles_per_pair})")
+        return self
 
 
-# Fields that do not change what a sample's record holds; a resumed run may change them.
+class EvalConfig(Settings):
+    """Settings of `cai eval model`."""
+
+    trained: str
+    """The trained model (checkpoint folder, hub id, .gguf or openai/<name>)."""
+    base: str | None = None
+    """The model it started from; the embedded default when unset."""
+    harmful_prompts: str = "red-team"
+    """Prompts for the harmlessness win-rate."""
+    harmful_start: int = Field(default=0, ge=0)
+    """Skip this many prompts first, to keep clear of the ones used for training data."""
+    harmful_limit: int = Field(default=24, ge=1)
+    """How many harmful prompts to answer."""
+    benign_prompts: str = "benign"
+    """Prompts for the over-refusal rate."""
+    benign_limit: int = Field(default=24, ge=1)
+    """How many benign prompts to answer."""
+    constitution: str = "harmless"
+    """Where the judge's preference principles come from."""
+    principles_per_pair: int = Field(default=2, ge=1)
+    """Preference principles per comparison."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    """Most new tokens per answer."""
+    temperature: float = Field(default=0.0, ge=0)
+    """Answer sampling temperature (0: greedy)."""
+    seed: int = 0
+    """Seeds principle sampling and the bootstrap."""
+    bootstrap: int = Field(default=2000, ge=100)
+    """Bootstrap resamples for the 95% interval."""
+    judge: EngineConfig = Field(default_factory=EngineConfig)
+    """The judge's engine (the embedded default model unless set)."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Engine settings for the two models (their `model` is replaced by `trained` and `base`)."""
+
+
+# Fields that do not change what a record holds; a resumed run may change them.
 _NOT_COMPAT = {"limit", "concurrency", "output_dir", "run_name", "max_failure_rate"}
 _ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "extra", "base_urls", "openai"}
 

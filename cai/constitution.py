@@ -21,11 +21,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cai.errors import UsageError
 from cai.resources import resolve_bundled
 from cai.yaml_safe import YAMLInputError, load_yaml
 
 
-class ConstitutionError(ValueError):
+class ConstitutionError(UsageError):
     """A constitution file that cannot be used, with a message naming the file and the field."""
 
 
@@ -177,6 +178,11 @@ def parse_constitution(data: object, source: str = "<data>") -> Constitution:
         return Constitution.model_validate(data)
     except ValidationError as e:
         raise ConstitutionError(f"{source}: invalid constitution\n{_describe(e)}") from None
+
+
+def sample_rng(seed: int, item_id: str) -> random.Random:
+    """A generator of its own for each sample or pair, so which principles it gets never depends on scheduling."""
+    return random.Random(f"{seed}:{item_id}")
 
 
 def load_constitution(name_or_path: str | Path) -> Constitution:

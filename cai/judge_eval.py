@@ -12,12 +12,16 @@ Each reports accuracy, position consistency, Brier score, expected calibration e
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from cai.constitution import load_constitution
+from cai.config import JudgeConfig
+from cai.constitution import load_constitution, sample_rng
 from cai.engines import Engine
+from cai.errors import UsageError
 from cai.judge import Judgement, JudgeSettings, aggregate, judge_examples, judge_pair, option_token_ids
 from cai.pairs import pairs_from_file
 
@@ -90,13 +94,13 @@ async def evaluate_judge(engine: Engine, path: str, principles_per_pair: int = 4
     pairs, problems = pairs_from_file(path, limit)
     unlabelled = [p.id for p in pairs if p.meta.get("label") != "first"]
     if unlabelled:
-        raise ValueError(f"{path}: `cai eval judge` needs labelled rows (prompt, chosen, rejected); "
+        raise UsageError(f"{path}: `cai eval judge` needs labelled rows (prompt, chosen, rejected); "
                          f"{len(unlabelled)} rows are not")
     option_ids = option_token_ids(engine.tokenizer) if hasattr(engine, "tokenizer") else None
     examples = judge_examples(c.judge_examples[:judge_few_shot], settings)
 
     async def one(pair):
-        principles = c.sample_preference_principles(random.Random(f"{seed}:{pair.id}"), principles_per_pair)
+        principles = c.sample_preference_principles(sample_rng(seed, pair.id), principles_per_pair)
         judgements, _ = await judge_pair(engine, pair.prompt, pair.first, pair.second, principles, settings,
                                          option_ids, examples)
         return judgements
@@ -111,3 +115,49 @@ async def evaluate_judge(engine: Engine, path: str, principles_per_pair: int = 4
     return {"file": str(path), "judge_model": engine.model_id, "pairs": len(pairs), "input_problems": len(problems),
             "principles_per_pair": principles_per_pair, "cot": settings.cot, "metrics": report,
             "by_category": by_category}
+
+
+async def evaluate_judge_file(config: JudgeConfig, out: str | None = None) -> dict[str, Any]:
+    """`cai eval judge`: everything checked first (settings, the pairs file, the report path), then the engine
+    starts, the judge is measured and the report written to `out` (JSON) when given."""
+    from cai.engines import create_engine
+    from cai.judge_run import settings_of
+
+    pairs, problems = pairs_from_file(config.source, config.limit)
+    if not pairs:
+        raise UsageError(f"{config.source}: no usable labelled pairs ({len(problems)} rows rejected"
+                         + (f", first: {problems[0].reason}" if problems else "") + ")")
+    if out is not None:
+        check_writable(Path(out))
+    engine = create_engine(config.engine)
+    try:
+        report = await evaluate_judge(engine, config.source, config.principles_per_pair, config.constitution,
+                                      settings_of(config), config.seed, config.limit, config.judge_few_shot)
+    finally:
+        await engine.close()
+    if out is not None:
+        Path(out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def check_writable(target: Path) -> None:
+    """A file path that can be written: not a folder, in a folder that exists."""
+    if target.is_dir():
+        raise UsageError(f"--out {target} is a folder; give a file name such as {target / 'judge-eval.json'}")
+    if not target.parent.is_dir():
+        raise UsageError(f"--out {target}: the folder {target.parent} does not exist")
+
+
+def format_judge_report(report: dict[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    columns = ["accuracy", "position_consistency", "brier", "ece", "invalid_rate", "valid"]
+    lines = [f"judge: {report['judge_model']}  file: {report['file']}  pairs: {report['pairs']}  "
+             f"principles per pair: {report['principles_per_pair']}",
+             f"{'variant':<20}" + "".join(f"{c:>22}" for c in columns)]
+    for name, m in report["metrics"].items():
+        lines.append(f"{name:<20}" + "".join(f"{fmt(m[c]):>22}" for c in columns))
+    for name, m in report["by_category"].items():
+        lines.append(f"  {name:<18}" + "".join(f"{fmt(m[c]):>22}" for c in columns))
+    return "\n".join(lines)

@@ -19,39 +19,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from cai.constitution import load_constitution
+from cai.config import EvalConfig
+from cai.constitution import load_constitution, sample_rng
 from cai.engines import Engine, EngineConfig, Sampling, create_engine, is_embedded_default
 from cai.inputs import PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_pair, option_token_ids, score_options
 from cai.redact import redact_secrets
 from cai.templating import render
-
-
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    trained: str
-    """The trained model (checkpoint folder, hub id, .gguf or openai/<name>)."""
-    base: str | None = None
-    """The model it started from; the embedded default when unset."""
-    harmful_prompts: str = "red-team"
-    harmful_start: int = Field(default=0, ge=0)
-    """Skip this many prompts first, to keep clear of the ones used for training data."""
-    harmful_limit: int = Field(default=24, ge=1)
-    benign_prompts: str = "benign"
-    benign_limit: int = Field(default=24, ge=1)
-    constitution: str = "harmless"
-    principles_per_pair: int = Field(default=2, ge=1)
-    max_new_tokens: int = Field(default=128, ge=1)
-    temperature: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    bootstrap: int = Field(default=2000, ge=100)
-    judge: EngineConfig = Field(default_factory=EngineConfig)
-    """The judge's engine (the embedded default model unless set)."""
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    """Engine settings for the two models (their `model` is replaced by `trained` and `base`)."""
 
 
 def bootstrap_interval(values: list[float], rounds: int, seed: int = 0) -> tuple[float, float]:
@@ -110,7 +84,7 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
         option_ids = option_token_ids(judge.tokenizer) if hasattr(judge, "tokenizer") else None
 
         async def compare(i: int, item: PromptItem):
-            principles = constitution.sample_preference_principles(random.Random(f"{config.seed}:{item.id}"),
+            principles = constitution.sample_preference_principles(sample_rng(config.seed, item.id),
                                                                    config.principles_per_pair)
             return await judge_pair(judge, item.messages, answers["trained"]["harmful"][i]["text"],
                                     answers["base"]["harmful"][i]["text"], principles, settings, option_ids)

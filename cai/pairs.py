@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from cai.inputs import InputError, InputProblem, load_prompts
-from cai.store import latest_by_id, read_jsonl
 
 
 @dataclass
@@ -41,8 +40,9 @@ def _generate_records(run_dir: Path) -> list[dict]:
     records_path = run_dir / "records.jsonl"
     if not records_path.exists():
         raise InputError(f"{run_dir} is not a `cai generate` run folder (no records.jsonl)")
-    records = [r for r in latest_by_id(list(read_jsonl(records_path))).values() if r["status"] == "ok"]
-    return sorted(records, key=lambda r: (r.get("index", 0), r["id"]))
+    from cai.records import read_records
+
+    return [r for r in read_records(run_dir) if r["status"] == "ok"]
 
 
 def revision_vs_initial(run_dir: Path) -> tuple[list[Pair], int]:

@@ -1,4 +1,5 @@
-"""`cai run RECIPE.yaml`: generate -> judge -> train (SFT, DPO) -> eval -> report in one run folder.
+"""`cai run RECIPE.yaml`: the stages of `cai/stages.py` (generate -> judge -> sft -> dpo -> rm -> ppo -> eval ->
+report), those a recipe lists, in one run folder.
 
     cai run recipes/quickstart.yaml
 
@@ -16,29 +17,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from cai.config import ConfigError, GenerateConfig, settings_hash
+from cai.config import ConfigError, settings_hash
 from cai.engines import Engine, is_embedded_default
-from cai.judge_run import JudgeConfig
-from cai.model_eval import EvalConfig
 from cai.redact import redact_secrets
+from cai.settings import Settings
+from cai.stages import STAGES
 from cai.store import check_run_name, write_json_atomic
 from cai.yaml_safe import YAMLInputError, load_yaml
 
-Stage = Literal["generate", "judge", "sft", "dpo", "eval", "report"]
-DEPENDS: dict[str, tuple[str, ...]] = {"generate": (), "judge": ("generate",), "sft": ("generate",),
-                                       "dpo": ("judge", "sft"), "eval": ("sft", "dpo"),
-                                       "report": ("generate", "judge", "sft", "dpo", "eval")}
-"""The stages whose outputs each stage reads (within a recipe)."""
+Stage = Literal["generate", "judge", "sft", "dpo", "rm", "ppo", "eval", "report"]
 
 
-class Recipe(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class Recipe(Settings):
+    """A `cai run` recipe: the stages to run and each stage's settings."""
 
     name: str
     """Run folder name under `output_dir`."""
     output_dir: str = "outputs"
+    """Folder that holds the run folder."""
     stages: list[Stage] = Field(default_factory=lambda: ["generate", "judge", "sft", "dpo", "eval", "report"],
                                 min_length=1)
     """The stages to run, in pipeline order (at least one)."""
@@ -50,42 +48,44 @@ class Recipe(BaseModel):
     """`cai train sft` settings (data and out are set by the recipe)."""
     dpo: dict[str, Any] = Field(default_factory=dict)
     """`cai train dpo` settings (data, out and, after SFT, model are set by the recipe)."""
+    rm: dict[str, Any] = Field(default_factory=dict)
+    """`cai train rm` settings (data is the judge stage's pairs; out is set by the recipe)."""
+    ppo: dict[str, Any] = Field(default_factory=dict)
+    """`cai train ppo` settings (model, reward_model and out are set by the recipe)."""
     eval: dict[str, Any] = Field(default_factory=dict)
     """`cai eval model` settings (trained and base are set by the recipe)."""
+
+    @field_validator("stages")
+    @classmethod
+    def _in_order(cls, stages: list[str]) -> list[str]:
+        order = list(STAGES)
+        if stages != sorted(set(stages), key=order.index):
+            raise ValueError(f"stages must be distinct and in pipeline order ({' -> '.join(order)})")
+        return stages
 
 
 class Pipeline:
     """The stage configs of a recipe, fully built and validated before anything runs."""
 
     def __init__(self, recipe: Recipe):
-        from cai.train.config import DPOConfig, TrainConfig
-
         self.recipe = recipe
         self.run = Path(recipe.output_dir) / check_run_name(recipe.name)
-        run = str(self.run)
-        base_model = recipe.generate.get("engine", {}).get("model")
+        self.base_model = recipe.generate.get("engine", {}).get("model")
         self.configs: dict[str, BaseModel] = {}
         try:
-            if "generate" in recipe.stages:
-                self.configs["generate"] = GenerateConfig(**{**recipe.generate, "output_dir": run,
-                                                             "run_name": "generate"})
-            if "judge" in recipe.stages:
-                self.configs["judge"] = JudgeConfig(**{**recipe.judge, "source": str(self.run / "generate"),
-                                                       "output_dir": run, "run_name": "judge"})
-            trained = base_model
-            if "sft" in recipe.stages:
-                self.configs["sft"] = TrainConfig(**{"model": base_model, **recipe.sft,
-                                                     "data": str(self.run / "generate"), "out": str(self.run / "sft")})
-                trained = str(self.run / "sft")
-            if "dpo" in recipe.stages:
-                self.configs["dpo"] = DPOConfig(**{"model": trained, **recipe.dpo,
-                                                     "data": str(self.run / "judge"), "out": str(self.run / "dpo")})
-                trained = str(self.run / "dpo")
-            if "eval" in recipe.stages:
-                self.configs["eval"] = EvalConfig(**{**recipe.eval, "trained": trained, "base": base_model})
+            for name in recipe.stages:
+                config = STAGES[name].build(self, getattr(recipe, name, {}))
+                if config is not None:
+                    self.configs[name] = config
         except ValidationError as e:
             lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
             raise ConfigError(f"recipe {recipe.name!r}: invalid stage settings\n" + "\n".join(lines)) from None
+
+    def policy_before(self, stage: str) -> str | None:
+        """The policy a stage starts from: the last policy trained earlier in the recipe, else the base model."""
+        earlier = list(STAGES)[: list(STAGES).index(stage)]
+        trained = [s for s in self.recipe.stages if s in earlier and STAGES[s].trains_policy]
+        return str(self.run / trained[-1]) if trained else self.base_model
 
     def _status_path(self) -> Path:
         return self.run / "stages.json"
@@ -99,7 +99,7 @@ class Pipeline:
         prompts, models) and the fingerprints of the stages it reads from: a change anywhere upstream makes it
         stale."""
         config = self.configs.get(stage)
-        upstream = {d: self._fingerprint(d) for d in DEPENDS[stage] if d in self.configs}
+        upstream = {d: self._fingerprint(d) for d in STAGES[stage].reads if d in self.recipe.stages}
         return settings_hash({"settings": config.model_dump(mode="json") if config is not None else stage,
                               "inputs": self._inputs(stage), "upstream": upstream})
 
@@ -114,8 +114,7 @@ class Pipeline:
         if stage == "judge":
             return input_fingerprints(load_constitution(config.constitution), config.templates, None,
                                       config.engine.model)
-        base = self.recipe.generate.get("engine", {}).get("model")
-        return {"base_model": model_fingerprint(base)} if stage in ("sft", "eval") else {}
+        return {"base_model": model_fingerprint(self.base_model)}
 
     def _set_aside_stale(self, stage: str) -> None:
         """A stage that finished before with other inputs reruns from scratch: its old folder (the pipeline's
@@ -139,27 +138,7 @@ class Pipeline:
         write_json_atomic(self._status_path(), status)
 
     async def run_stage(self, stage: str, engine: Engine | None, progress: bool) -> None:
-        if stage == "generate":
-            from cai.generate import generate
-
-            await generate(self.configs[stage], engine=_share(engine, self.configs[stage].engine), progress=progress)
-        elif stage == "judge":
-            from cai.judge_run import judge_run
-
-            await judge_run(self.configs[stage], engine=_share(engine, self.configs[stage].engine), progress=progress)
-        elif stage in ("sft", "dpo"):
-            from cai.train import run_training
-
-            # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it
-            run_training(stage, self.configs[stage].model_copy(update={"progress": progress, "overwrite": True}))
-        elif stage == "eval":
-            from cai.model_eval import evaluate_models
-
-            await evaluate_models(self.configs[stage], self.run / "eval", shared=engine)
-        elif stage == "report":
-            from cai.report import write_report
-
-            write_report(self.run)
+        await STAGES[stage].run(self, self.configs.get(stage), engine, progress)
 
     async def execute(self, engine: Engine | None = None, progress: bool = True) -> dict[str, str]:
         """Run every stage not yet done; returns what happened to each.
@@ -172,7 +151,7 @@ class Pipeline:
         (self.run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         pending = [s for s in self.recipe.stages if s == "report" or not self.is_done(s)]
         owned = None
-        if engine is None and any(s in pending for s in ("generate", "judge", "eval")):
+        if engine is None and any(s in pending for s in ("generate", "judge", "eval")):  # the engine users
             from cai.engines import EngineConfig, create_engine
 
             settings = EngineConfig(**self.recipe.generate.get("engine", {}))
@@ -192,10 +171,23 @@ class Pipeline:
                 await owned.close()
         return outcome
 
+    def outcome_text(self, outcome: dict[str, str]) -> str:
+        """What `cai run` prints: each stage's outcome, the evaluation's headline and where the report is."""
+        lines = [f"{stage}: {what}" for stage, what in outcome.items()]
+        results = self.run / "eval" / "results.json"
+        if results.exists():
+            lines.append(_summary_line(json.loads(results.read_text())))
+        if (self.run / "report" / "index.html").exists():
+            lines.append(f"report: {self.run / 'report' / 'index.html'}")
+        return "\n".join(lines)
 
-def _share(engine: Engine | None, config) -> Engine | None:
-    """Use the caller's engine for a stage that asks for the embedded default on vLLM."""
-    return engine if is_embedded_default(config) else None
+
+def _summary_line(results: dict[str, Any]) -> str:
+    harm, refusal = results["harmlessness"], results["over_refusal"]
+    return (f"harmlessness win-rate: {harm['win_rate']} (95% CI {harm['ci95']}); over-refusal base "
+            f"{refusal['base']['refusal_rate']}, trained {refusal['trained']['refusal_rate']}")
+
+
 
 
 def load_recipe(path: str | Path) -> Recipe:

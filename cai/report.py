@@ -15,7 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cai.store import latest_by_id, read_jsonl
+from cai.errors import UsageError
+from cai.records import read_records
+from cai.store import read_jsonl
 
 
 def _plt():
@@ -35,7 +37,7 @@ def _save(fig, folder: Path, name: str) -> str:
 
 
 def _records(path: Path) -> list[dict]:
-    return list(latest_by_id(list(read_jsonl(path))).values()) if path.exists() else []
+    return read_records(path.parent) if path.exists() else []
 
 
 def generate_section(run: Path, folder: Path) -> tuple[str, list[str]]:
@@ -189,9 +191,9 @@ def write_report(run_dir: str | Path) -> Path:
     """Write `run_dir/report/index.html` and its PNG plots; returns the page's path."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise ValueError(f"{run} is not a folder (a `cai run` output folder, such as outputs/quickstart)")
+        raise UsageError(f"{run} is not a folder (a `cai run` output folder, such as outputs/quickstart)")
     if not any((run / stage).exists() for stage in ("generate", "judge", "sft", "dpo", "eval")):
-        raise ValueError(f"{run} holds no cai stage output to report on")
+        raise UsageError(f"{run} holds no cai stage output to report on")
     folder = run / "report"
     folder.mkdir(parents=True, exist_ok=True)
     sections = []
@@ -200,7 +202,7 @@ def write_report(run_dir: str | Path) -> Path:
         if text:
             sections.append(text)
     if not sections:
-        raise ValueError(f"{run} holds no cai stage output to report on")
+        raise UsageError(f"{run} holds no cai stage output to report on")
     title = f"cai report: {run.name}"
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"

@@ -19,23 +19,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cai.errors import CaiError, UsageError
 from cai.redact import redact_secrets
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(CaiError, RuntimeError):
     """The run folder holds a run made with other settings."""
 
 
-class StorageError(OSError):
+class StorageError(CaiError, OSError):
     """A run's output could not be written (disk full, read-only folder, file too large); what was written before
     it stays readable and a rerun resumes from there."""
+
+    exit_code = 1
 
 
 def check_run_name(name: str) -> str:
     if not _RUN_NAME.match(name) or ".." in name:
-        raise ValueError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no paths)")
+        raise UsageError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' (no paths)")
     return name
 
 
@@ -61,7 +64,7 @@ def _whole_json(data: bytes) -> bool:
         return False
 
 
-class CorruptRunError(ValueError):
+class CorruptRunError(UsageError):
     """A run file that cai did not write as it is (edited or damaged), named with its line."""
 
 
@@ -227,7 +230,7 @@ class RunStore:
         self.root = Path(output_dir).resolve()
         self.path = (self.root / check_run_name(name)).resolve()
         if self.path.parent != self.root:
-            raise ValueError(f"run folder {self.path} would leave {self.root}")
+            raise UsageError(f"run folder {self.path} would leave {self.root}")
         self.records_path = self.path / records_file
         self.manifest_path = self.path / "manifest.json"
         self._logs: list[JsonlLog] = []

@@ -13,10 +13,11 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from cai.errors import UsageError
 from cai.resources import data_dir
 
 
-class TemplateError(ValueError):
+class TemplateError(UsageError):
     """A stage template is missing or needs a variable the caller did not give."""
 
 

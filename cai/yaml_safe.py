@@ -14,10 +14,12 @@ from typing import Any
 
 import yaml
 
+from cai.errors import UsageError
+
 MAX_DEPTH = 64
 
 
-class YAMLInputError(ValueError):
+class YAMLInputError(UsageError):
     """A YAML document cai will not read, with where and why."""
 
 

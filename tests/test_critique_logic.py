@@ -4,7 +4,8 @@ the real vLLM engine runs the same chains in tests/test_generate_engine.py)."""
 import asyncio
 
 from cai.constitution import load_constitution
-from cai.critique import ChainSettings, few_shot_messages, principle_rng, run_chain
+from cai.constitution import sample_rng as principle_rng
+from cai.critique import ChainSettings, few_shot_messages, run_chain
 from cai.engines import Completion, Engine, Sampling
 
 

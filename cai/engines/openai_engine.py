@@ -31,6 +31,7 @@ from cai.engines.base import (
     Sampling,
     TokenLogprob,
 )
+from cai.errors import UsageError
 from cai.redact import redact_url
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -85,7 +86,7 @@ class OpenAIEngine(Engine):
 
         self.model_id = config.model.removeprefix("openai/")
         if not config.base_urls:
-            raise ValueError("the openai engine needs at least one base URL (--base-url http://host:8000/v1)")
+            raise UsageError("the openai engine needs at least one base URL (--base-url http://host:8000/v1)")
         self.settings = config.openai
         self.servers = [Server(url.rstrip("/"), asyncio.Semaphore(self.settings.max_concurrency_per_server))
                         for url in config.base_urls]

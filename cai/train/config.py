@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from cai.settings import Settings
 
 
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
+class TrainConfig(Settings):
+    """What every `cai train` task shares."""
 
     data: str
     """A cai run folder, a .jsonl/.json/.parquet file, a datasets folder or a hub id."""
@@ -18,9 +20,11 @@ class TrainConfig(BaseModel):
     model: str | None = None
     """Hub id, checkpoint folder or .gguf; the embedded SmolLM2-135M-Instruct when unset."""
     split: str = "train"
+    """Split to read from a datasets folder or hub dataset."""
     eval_data: str | None = None
     """Separate evaluation data; otherwise `eval_fraction` of `data` is held out."""
     eval_fraction: float = Field(default=0.0, ge=0, lt=1)
+    """Share of `data` held out for evaluation (when no `eval_data` is given)."""
     eval_steps: int = Field(default=0, ge=0)
     """Evaluate every N optimizer steps (0: only at the end, when there is eval data)."""
     max_length: int = Field(default=512, ge=8)
@@ -30,25 +34,38 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(default=4, ge=1)
     """Examples per device per forward pass."""
     gradient_accumulation_steps: int = Field(default=1, ge=1)
+    """Forward/backward passes summed into one optimizer step."""
     learning_rate: float = Field(default=5e-6, gt=0)
+    """Peak learning rate of AdamW."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after the warm-up."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    """Share of the optimizer steps spent warming the learning rate up from 0."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW's decoupled weight decay."""
     max_grad_norm: float = Field(default=1.0, gt=0)
+    """Clip the global gradient norm to this before each step."""
     epochs: float = Field(default=1.0, gt=0)
+    """Passes over the training data (fractions allowed), unless `max_steps` is set."""
     max_steps: int = Field(default=0, ge=0)
     """Stop after this many optimizer steps (0: run `epochs`)."""
     seed: int = 0
+    """Seeds the data order, the held-out split and initial weights of new heads."""
     bf16: bool = False
     """Train in bfloat16 mixed precision (where the device supports it)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them: far less memory for
     long sequences and big models, about a third more compute (TRL turns it on by default)."""
     lora: bool = False
+    """Train a LoRA adapter (peft) instead of every weight."""
     lora_r: int = Field(default=16, ge=1)
+    """LoRA rank."""
     lora_alpha: int = Field(default=32, ge=1)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the LoRA branch."""
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names that get adapters."""
     merge_lora: bool = False
     """Save the base model with the adapter merged in (a plain checkpoint) instead of the adapter alone."""
     save_steps: int = Field(default=0, ge=0)
@@ -60,9 +77,13 @@ class TrainConfig(BaseModel):
     overwrite: bool = False
     """Train into a non-empty `out` that is not this run's own resumable folder, replacing what is there."""
     logging_steps: int = Field(default=1, ge=1)
+    """Log metrics every N optimizer steps (means over them)."""
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    """Trackers to log to besides metrics.jsonl (when installed)."""
     trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless asked for."""
     progress: bool = True
+    """Show a progress bar."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -73,9 +94,11 @@ class TrainConfig(BaseModel):
 
 class DPOConfig(TrainConfig):
     beta: float = Field(default=0.1, gt=0)
+    """DPO temperature: how far the policy may move from its reference per unit of preference."""
     loss_type: Literal["sigmoid", "ipo", "soft"] = "sigmoid"
     """`soft` uses each pair's p_chosen as its target probability."""
     label_smoothing: float = Field(default=0.0, ge=0, le=0.5)
+    """Assume each label is flipped with this probability (conservative DPO)."""
     reference: Literal["auto", "copy", "precompute", "adapter"] = "auto"
     """Reference log-probs: a frozen copy, one pass before training, or the LoRA base with the adapter off.
     `auto`: adapter with LoRA, else precompute. All run on the training device in the training precision."""
@@ -98,7 +121,9 @@ class DPOConfig(TrainConfig):
 
 class RewardConfig(TrainConfig):
     learning_rate: float = Field(default=1e-5, gt=0)
+    """Peak learning rate of AdamW."""
     eval_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """Share of the data (prompts, for PPO) held out for evaluation."""
     soft_labels: bool = True
     """Use each pair's p_chosen (when the data has it) as the Bradley-Terry target instead of 1."""
     use_margin: bool = False
@@ -124,7 +149,9 @@ class PPOConfig(TrainConfig):
     data: str = "red-team"
     """Prompts: a bundled prompt set name, a prompt file or dataset (as for `cai generate`)."""
     learning_rate: float = Field(default=1e-6, gt=0)
+    """Peak learning rate of AdamW."""
     eval_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """Share of the data (prompts, for PPO) held out for evaluation."""
     limit: int | None = Field(default=None, ge=1)
     """Use the first N prompts only."""
     rollout_batch_size: int = Field(default=8, ge=1)
@@ -132,7 +159,9 @@ class PPOConfig(TrainConfig):
     ppo_epochs: int = Field(default=4, ge=1)
     """Passes over each batch of rollouts."""
     max_new_tokens: int = Field(default=64, ge=1)
+    """Most new tokens per sampled response."""
     temperature: float = Field(default=0.7, gt=0)
+    """Sampling temperature of the rollouts (their log-probabilities use the same)."""
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Must be 1: PPO's log-probabilities are those of softmax(logits / temperature) over the whole vocabulary,
     and nucleus sampling would draw from another distribution than the one the ratios assume."""
@@ -141,12 +170,19 @@ class PPOConfig(TrainConfig):
     target_kl: float | None = Field(default=None, gt=0)
     """Adapt kl_coef toward this KL (summed over a response, in nats), Ziegler et al.'s controller."""
     kl_horizon: int = Field(default=10000, ge=1)
+    """Episodes over which the adaptive KL controller moves the coefficient."""
     gamma: float = Field(default=1.0, ge=0, le=1)
+    """Discount of per-token rewards."""
     lam: float = Field(default=0.95, ge=0, le=1)
+    """GAE lambda: bias-variance trade-off of the advantages."""
     cliprange: float = Field(default=0.2, gt=0)
+    """Clip of the policy ratio in the PPO loss."""
     cliprange_value: float = Field(default=0.2, gt=0)
+    """Clip of the value update around the old values."""
     vf_coef: float = Field(default=0.1, ge=0)
+    """Weight of the value loss beside the policy loss."""
     whiten_advantages: bool = True
+    """Normalise advantages to zero mean and unit variance per batch."""
     value_model: Literal["head", "separate"] = "head"
     """`head`: a linear value head on the policy's last hidden state (one forward pass for both);
     `separate`: a critic initialised from the reward model (more memory, no shared features)."""

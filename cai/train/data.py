@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cai.errors import UsageError
+
 IGNORE = -100
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Training data that cannot be used, with a reason a person can act on."""
 
 

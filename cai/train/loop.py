@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from cai.errors import UsageError
 from cai.store import StorageError
 from cai.train.config import TrainConfig
 
@@ -37,11 +38,11 @@ def load_tokenizer(model: str | None, trust_remote_code: bool = False) -> tuple[
         path = resolve_model(model)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ValueError(f"cannot load the tokenizer of model {model or 'default'} ({path}): {e}") from None
+        raise UsageError(f"cannot load the tokenizer of model {model or 'default'} ({path}): {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"{path}: the tokenizer has no chat template")
+        raise UsageError(f"{path}: the tokenizer has no chat template")
     return tokenizer, path
 
 
@@ -51,7 +52,7 @@ def load_causal_lm(path: str, config: TrainConfig, dtype: torch.dtype = torch.fl
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
     except Exception as e:
-        raise ValueError(f"cannot load model {config.model or 'default'} ({path}): {e}") from None
+        raise UsageError(f"cannot load model {config.model or 'default'} ({path}): {e}") from None
 
 
 def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
@@ -68,7 +69,7 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
     found = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
     if not found:
-        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        raise UsageError(f"{type(model).__name__} does not support gradient checkpointing")
     for module in found:
         module.config.use_cache = False
         module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -16,11 +16,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from cai.errors import UsageError
 from cai.store import FolderLock
 from cai.train.config import TrainConfig
 
 
-class OutputError(ValueError):
+class OutputError(UsageError):
     """An output folder cai will not write into, and why."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cai.errors import UsageError
 from cai.train.config import RewardConfig
 from cai.train.data import (
     DataError,
@@ -49,7 +50,7 @@ def load_reward_model(path: str | None, trust_remote_code: bool = False, dtype: 
         model = AutoModelForSequenceClassification.from_pretrained(resolved, num_labels=1, dtype=dtype,
                                                                    trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ValueError(f"cannot load reward model {path or 'default'} ({resolved}): {e}") from None
+        raise UsageError(f"cannot load reward model {path or 'default'} ({resolved}): {e}") from None
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer, resolved
 
@@ -61,7 +62,7 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
         model = model.get_base_model()
     head = getattr(model, "score", None)
     if head is None:
-        raise ValueError(f"{type(model).__name__} has no `score` head; reward models here are decoder-only LMs")
+        raise UsageError(f"{type(model).__name__} has no `score` head; reward models here are decoder-only LMs")
     return getattr(model, model.base_model_prefix), head
 
 
