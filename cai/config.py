@@ -228,17 +228,22 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
     target[leaf] = value
 
 
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """A YAML file cai reads (a config, a recipe), any problem a `ConfigError` naming the file."""
+    try:
+        return load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
+    except YAMLInputError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e}") from None
+
+
 def load_config(model: type[BaseModel], path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Any:
     """`model` from a YAML file (optional) with dotted-key overrides (e.g. `engine.dtype`) applied on top."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
-        except YAMLInputError as e:
-            raise ConfigError(str(e)) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config: {e}") from None
+        loaded = read_yaml_file(path, "config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data = loaded or {}

@@ -100,6 +100,18 @@ def _jsonl_rows(data: bytes, source: str) -> Iterable[tuple[str, dict | InputPro
         yield where, row if isinstance(row, dict) else {"prompt": row}
 
 
+def datasets_folder_rows(path: Path, split: str) -> list[dict]:
+    """The rows of a `datasets.save_to_disk` folder (a `DatasetDict` gives its `split`)."""
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise InputError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
+        loaded = loaded[split]
+    return loaded.to_list()
+
+
 def _table_rows(path: Path, split: str) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -121,14 +133,7 @@ def _table_rows(path: Path, split: str) -> list[dict]:
 
         return pq.read_table(path).to_pylist()
     if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise InputError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
-            loaded = loaded[split]
-        return loaded.to_list()
+        return datasets_folder_rows(path, split)
     raise InputError(f"{path}: unknown prompt format (use .jsonl, .json, .csv, .parquet or a datasets folder)")
 
 

@@ -19,13 +19,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from cai.config import ConfigError, settings_hash
+from cai.config import ConfigError, read_yaml_file, settings_hash
 from cai.engines import Engine, is_embedded_default
 from cai.redact import redact_secrets
 from cai.settings import Settings
 from cai.stages import STAGES
 from cai.store import check_run_name, write_json_atomic
-from cai.yaml_safe import YAMLInputError, load_yaml
 
 Stage = Literal["generate", "judge", "sft", "dpo", "rm", "ppo", "eval", "report"]
 
@@ -197,12 +196,7 @@ def load_recipe(path: str | Path) -> Recipe:
         resolved = resolve_bundled(path, "recipes", (".yaml", ".yml"))
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
-    try:
-        data = load_yaml(Path(resolved).read_text(encoding="utf-8"), str(resolved))
-    except YAMLInputError as e:
-        raise ConfigError(str(e)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{resolved}: cannot read recipe: {e}") from None
+    data = read_yaml_file(resolved, "recipe")
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:

@@ -39,7 +39,7 @@ def prompt_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def generated_pairs(prompt_file, tmp_path_factory):
-    from cai.train.loop import load_causal_lm, load_tokenizer
+    from cai.train.modeling import load_causal_lm, load_tokenizer
 
     tokenizer, path = load_tokenizer(None)
     model = load_causal_lm(path, TrainConfig(data="-", out="-"))

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from cai.cli.options import add_settings, config_option, engine_options, overrides
+from cai.cli.options import add_settings, config_option, finish, overrides
 
 
 def add_parser(sub: Any) -> None:
@@ -18,9 +18,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-new-tokens", dest="max_new_tokens_all", type=int, help="most new tokens for every stage")
     add_settings(p, StageTokens, prefix="max_new_tokens.",
                  flags={s: f"--max-new-tokens-{s}" for s in StageTokens.model_fields})
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    engine_options(p)
-    p.set_defaults(_run=run)
+    finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from cai.cli.options import add_settings, config_option, engine_options, overrides
+from cai.cli.options import add_settings, config_option, finish, overrides
 
 JUDGE_FLAGS = {"principles_per_pair": "--principles"}
 
@@ -20,9 +20,7 @@ def add_parser(sub: Any) -> None:
     add_settings(p, JudgeConfig, skip={"source"}, flags=JUDGE_FLAGS)
     p.add_argument("--policy-model", dest="policy_engine.model",
                    help="`sampled`: the model that samples responses (default: the judge)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    engine_options(p)
-    p.set_defaults(_run=run)
+    finish(p, run)
 
 
 def run(args: argparse.Namespace) -> int:

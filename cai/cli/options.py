@@ -101,3 +101,11 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of settings; options given here override it")
+
+
+def finish(parser: argparse.ArgumentParser, run: Any, engine: bool = True) -> None:
+    """The tail every run command shares: `--no-progress`, the engine's flags and the function to call."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if engine:
+        engine_options(parser)
+    parser.set_defaults(_run=run)

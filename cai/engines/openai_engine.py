@@ -54,7 +54,7 @@ class Server:
     down_until: float = 0.0
     cooldown: float = 0.0
     ok: int = 0
-    failed: int = 0
+    """Replies served (a server back from its cool-down shows here that it serves again)."""
     last_picked: float = 0.0
 
     def available(self, now: float) -> bool:
@@ -115,7 +115,6 @@ class OpenAIEngine(Engine):
         return None, min(s.down_until for s in self.servers) - now
 
     def _failed(self, server: Server, reason: str) -> None:
-        server.failed += 1
         server.consecutive_failures += 1
         self.stats.errors[reason] = self.stats.errors.get(reason, 0) + 1
         if server.consecutive_failures >= self.settings.failure_threshold:

@@ -11,16 +11,7 @@ import os
 from typing import Any
 
 from cai.engines import EngineConfig
-from cai.engines.base import (
-    Completion,
-    Engine,
-    EngineDeadError,
-    Messages,
-    PromptTooLongError,
-    RequestError,
-    Sampling,
-    TokenLogprob,
-)
+from cai.engines import base as api
 from cai.models import resolve_model
 
 # Measured on a 2-core AVX2 machine (see README, "Scaling"): float32 is 5x faster than bf16 there, eager mode
@@ -28,7 +19,7 @@ from cai.models import resolve_model
 CPU_DEFAULTS = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3, "max_model_len": 4096}
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(api.Engine):
     def __init__(self, config: EngineConfig):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # set it to INFO to see vLLM's own logs
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -56,7 +47,7 @@ class VLLMEngine(Engine):
         }
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
         if not getattr(self.tokenizer, "chat_template", None):
-            raise RequestError(f"{self.model_id}: the tokenizer has no chat template; use an instruct/chat model")
+            raise api.RequestError(f"{self.model_id}: the tokenizer has no chat template; use an instruct/chat model")
         args = AsyncEngineArgs(model=self.model_path, disable_log_stats=True, **self.settings)
         self._engine = AsyncLLM.from_engine_args(args)
         self.max_model_len = self._engine.model_config.max_model_len
@@ -67,14 +58,14 @@ class VLLMEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {"backend": "vllm", "model": self.model_id, "model_path": self.model_path, **self.settings}
 
-    def render(self, messages: Messages, *, continue_final: bool = False) -> list[int]:
+    def render(self, messages: api.Messages, *, continue_final: bool = False) -> list[int]:
         """Token ids of the chat as the model sees it, ready for the assistant's next tokens."""
         return self.tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=False,
             add_generation_prompt=not continue_final, continue_final_message=continue_final,
         )
 
-    async def generate(self, messages: Messages, sampling: Sampling, *, continue_final: bool = False) -> Completion:
+    async def generate(self, messages: api.Messages, sampling: api.Sampling, *, continue_final: bool = False) -> api.Completion:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
@@ -82,7 +73,7 @@ class VLLMEngine(Engine):
         prompt_ids = self.render(messages, continue_final=continue_final)
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
-            raise PromptTooLongError(
+            raise api.PromptTooLongError(
                 f"prompt of {len(prompt_ids)} tokens does not fit the context window of {self.max_model_len} tokens"
             )
         params = SamplingParams(
@@ -96,24 +87,24 @@ class VLLMEngine(Engine):
             ):
                 final = output
         except VLLMEngineDead as e:
-            raise EngineDeadError(str(e)) from e
+            raise api.EngineDeadError(str(e)) from e
         except (VLLMClientError, ValueError) as e:
-            raise RequestError(str(e)) from e
+            raise api.RequestError(str(e)) from e
         if final is None or not final.outputs:
-            raise RequestError("the engine returned no output")
+            raise api.RequestError("the engine returned no output")
         out = final.outputs[0]
         self.generated_tokens += len(out.token_ids)
         top = None
         if sampling.logprobs is not None and out.logprobs is not None:
             top = [
                 sorted(
-                    (TokenLogprob(token=lp.decoded_token or "", logprob=lp.logprob, token_id=tid)
+                    (api.TokenLogprob(token=lp.decoded_token or "", logprob=lp.logprob, token_id=tid)
                      for tid, lp in position.items()),
                     key=lambda t: -t.logprob,
                 )
                 for position in out.logprobs
             ]
-        return Completion(
+        return api.Completion(
             text=out.text, prompt_tokens=len(prompt_ids), completion_tokens=len(out.token_ids),
             finish_reason=out.finish_reason, top_logprobs=top, cached_tokens=getattr(final, "num_cached_tokens", None),
         )

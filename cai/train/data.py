@@ -38,19 +38,17 @@ def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[s
                             f"{'a generate run (SFT data)' if kind == 'sft' else 'a judge run (preference pairs)'}")
         path = path / "export" / name
     if path.is_file() and path.suffix == ".jsonl":
-        rows = _jsonl_rows(path)
-        if not rows:
-            raise DataError(f"{data}: the dataset is empty")
-        return rows
+        return _nonempty(_jsonl_rows(path), data)
     try:
         import datasets
 
         if path.is_dir():
-            loaded = datasets.load_from_disk(str(path))
-            if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
-                    raise DataError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
-                loaded = loaded[split]
+            from cai.inputs import InputError, datasets_folder_rows
+
+            try:
+                return _nonempty(datasets_folder_rows(path, split), data)
+            except InputError as e:
+                raise DataError(str(e)) from None
         elif path.is_file():
             suffix = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
             if suffix is None:
@@ -62,9 +60,12 @@ def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[s
         raise
     except Exception as e:
         raise DataError(f"cannot read training data {data!r}: {e}") from None
-    rows = loaded.to_list()
+    return _nonempty(loaded.to_list(), data)
+
+
+def _nonempty(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
     if not rows:
-        raise DataError(f"{data}: the dataset is empty")
+        raise DataError(f"{source}: the dataset is empty")
     return rows
 
 

@@ -19,8 +19,9 @@ import torch
 
 from cai.train.config import DPOConfig
 from cai.train.data import IGNORE, DataError, Truncation, is_tie, load_rows, tokenize_preferences
-from cai.train.loop import Trainer, add_lora, disable_dropout, load_causal_lm, load_tokenizer, pad
+from cai.train.loop import Trainer, pad
 from cai.train.losses import head_sequence_logps, preference_loss, sequence_logps
+from cai.train.modeling import add_lora, disable_dropout, load_causal_lm, load_tokenizer
 from cai.train.sft import split_eval
 
 

@@ -19,70 +19,12 @@ from typing import Any
 
 import torch
 
-from cai.errors import UsageError
 from cai.store import StorageError
 from cai.train.config import TrainConfig
+from cai.train.metrics import MetricLog, installed_trackers
+from cai.train.modeling import enable_gradient_checkpointing
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
-
-
-def load_tokenizer(model: str | None, trust_remote_code: bool = False) -> tuple[Any, str]:
-    """The model's tokenizer (with a pad token and a chat template) and the resolved path: loaded first, so the
-    training data is read and checked before any weights are."""
-    from transformers import AutoTokenizer
-
-    from cai.models import resolve_model
-
-    path = model
-    try:
-        path = resolve_model(model)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        raise UsageError(f"cannot load the tokenizer of model {model or 'default'} ({path}): {e}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "chat_template", None):
-        raise UsageError(f"{path}: the tokenizer has no chat template")
-    return tokenizer, path
-
-
-def load_causal_lm(path: str, config: TrainConfig, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
-    except Exception as e:
-        raise UsageError(f"cannot load model {config.model or 'default'} ({path}): {e}") from None
-
-
-def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type=task_type)
-    return get_peft_model(model, lora)
-
-
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Every transformers model inside `model` (the policy of PPO's policy-and-value, a peft base ...)."""
-    from transformers import PreTrainedModel
-
-    found = [m for m in model.modules() if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing]
-    if not found:
-        raise UsageError(f"{type(model).__name__} does not support gradient checkpointing")
-    for module in found:
-        module.config.use_cache = False
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def disable_dropout(model: torch.nn.Module) -> None:
-    """Zero every dropout of the model: `nn.Dropout` modules and the attention dropout that transformers'
-    attention layers apply functionally (read from their `attention_dropout` attribute in training mode)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
 
 
 def batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
@@ -96,36 +38,6 @@ def batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world
     return [step[rank * batch_size: (rank + 1) * batch_size] for step in steps if step[rank * batch_size:]]
 
 
-class MetricLog:
-    """metrics.jsonl plus optional trackers (through accelerate)."""
-
-    def __init__(self, path: Path, accelerator: Any):
-        self.path = path
-        self.accelerator = accelerator
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows logged after `step` (and a torn last line): a resumed run logs those steps again."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step", 0) <= step:
-                kept.append(line)
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        partial.replace(self.path)
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        if self.accelerator.is_main_process:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
-            self.accelerator.log(values, step=step)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig, model: torch.nn.Module, tokenizer: Any, train: list[dict],
                  collate: Callable[[list[dict]], dict[str, torch.Tensor]], loss_fn: LossFn,
@@ -135,7 +47,7 @@ class Trainer:
 
         self.config = config
         self.out = Path(config.out)
-        trackers = [t for t in config.report_to if _installed(t)]
+        trackers = installed_trackers(config.report_to)
         # Accelerate keeps one state per process and refuses a second precision; a pipeline that runs several
         # trainers in one process (SFT, then DPO in bf16) starts each from a clean state. The process group stays.
         from accelerate.state import AcceleratorState, GradientState
@@ -287,14 +199,9 @@ class Trainer:
                 batch = self._to_device(self.collate([self.train_examples[i] for i in indices]))
                 with self.accelerator.accumulate(self.model), self.accelerator.autocast():
                     loss, metrics, n_tokens = self.loss_fn(self.model, batch)
-                    self.accelerator.backward(loss)
-                    if self.accelerator.sync_gradients:
-                        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                        window.setdefault("grad_norm", []).append(float(grad_norm))
-                    self.optimizer.step()
-                    if self.accelerator.sync_gradients:
-                        self.scheduler.step()
-                    self.optimizer.zero_grad()
+                    grad_norm = self.backward_and_step(loss)
+                if grad_norm is not None:
+                    window.setdefault("grad_norm", []).append(grad_norm)
                 window.setdefault("loss", []).append(float(loss.detach()))
                 for name, values in metrics.items():
                     window.setdefault(name, []).append(float(values.float().mean()))
@@ -312,6 +219,19 @@ class Trainer:
                     bar.set_postfix_str(f"loss {last['loss']:.4f}, {last['tokens_per_s']:.0f} tok/s")
             self.end_of_step(bar)
         return self.finish(bar, last)
+
+    def backward_and_step(self, loss: torch.Tensor) -> float | None:
+        """Backward; at the end of an accumulation also clip, step, schedule and zero. Call it inside
+        `accelerator.accumulate(model)`. Returns the gradient norm when the optimizer stepped."""
+        self.accelerator.backward(loss)
+        norm = None
+        if self.accelerator.sync_gradients:
+            norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm))
+        self.optimizer.step()
+        if self.accelerator.sync_gradients:
+            self.scheduler.step()
+        self.optimizer.zero_grad()
+        return norm
 
     def global_mean(self, values: dict[str, float]) -> dict[str, float]:
         """Each value averaged over the processes (every process calls this at the same step), so what is logged
@@ -396,16 +316,6 @@ def _distributed_without_accelerator() -> bool:
     xpu = getattr(torch, "xpu", None)
     return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
                 or torch.backends.mps.is_available())
-
-
-def _installed(tracker: str) -> bool:
-    import importlib.util
-
-    module = {"tensorboard": "tensorboard", "wandb": "wandb"}[tracker]
-    if importlib.util.find_spec(module) is None:
-        print(f"cai: {tracker} is not installed; metrics go to metrics.jsonl only")
-        return False
-    return True
 
 
 def pad(sequences: list[list[int]], value: int) -> torch.Tensor:

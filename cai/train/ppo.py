@@ -21,7 +21,9 @@ import torch
 
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, fit_prompt
-from cai.train.loop import Trainer, add_lora, load_causal_lm, load_tokenizer
+from cai.train.experience import Experience, kept, response_logprobs, response_values
+from cai.train.loop import Trainer
+from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
 from cai.train.ppo_math import (
     KLController,
     entropy_from_logits,
@@ -62,32 +64,6 @@ class PolicyAndValue(torch.nn.Module):
         else:
             values = token_scores(self.critic, input_ids, attention_mask, position_ids)
         return out.logits, values
-
-
-def kept(batch: dict[str, torch.Tensor]) -> int:
-    """Positions whose logits matter: the one before the response and the response (bar its last token)."""
-    return batch["response_ids"].shape[1] + 1
-
-
-def response_logprobs(logits: torch.Tensor, batch: dict[str, torch.Tensor], temperature: float,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the response tokens under temperature-scaled logits (the distribution the rollouts
-    were sampled from), and those logits. `logits` cover the last `kept(batch)` positions or all of them."""
-    context, length = int(batch["context"]), batch["response_ids"].shape[1]
-    start = context - 1 - (batch["input_ids"].shape[1] - logits.shape[1])
-    logits = logits[:, start: start + length].float() / temperature
-    tokens = batch["response_ids"].unsqueeze(-1)
-    return torch.gather(logits, 2, tokens).squeeze(-1) - logits.logsumexp(-1), logits
-
-
-def response_values(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """V(state before each response token)."""
-    context, length = int(batch["context"]), batch["response_ids"].shape[1]
-    return values[:, context - 1: context - 1 + length]
-
-
-def _rows(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v if k == "context" else v[index] for k, v in batch.items()}
 
 
 class PPOTrainer(Trainer):
@@ -152,76 +128,86 @@ class PPOTrainer(Trainer):
             scores[~ended] -= self.config.missing_eos_penalty
         return batch, raw, scores
 
-    def ppo_step(self, examples: list[dict]) -> dict[str, float]:
+    @torch.no_grad()
+    def make_experience(self, examples: list[dict]) -> Experience:
+        """Sample, score, then the old log-probs and values, the reference log-probs, per-token rewards with the
+        KL penalty, and GAE advantages and returns, all in the precision of the updates."""
         config = self.config
         started = time.monotonic()
         batch, raw_scores, scores = self.sample(examples)
-        mask = batch["response_mask"]
         rollout_seconds = time.monotonic() - started
-        with torch.no_grad(), self.accelerator.autocast():  # the same precision as the updates below
+        mask = batch["response_mask"]
+        with self.accelerator.autocast():
             logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
                                         kept(batch))
-            old_logprobs, old_logits = response_logprobs(logits, batch, config.temperature)
+            old_logprobs = response_logprobs(logits, batch, config.temperature)[0]
             old_values = response_values(values, batch) * mask
-            del logits, values, old_logits
+            del logits, values
             ref_logprobs = self.reference_logprobs(batch)
-            rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl.value)
-            advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-            if config.whiten_advantages:
-                advantages = whiten(advantages, mask)
+        rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl.value)
+        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+        if config.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        return Experience(batch, raw_scores, scores, old_logprobs, ref_logprobs, old_values, kl, rewards,
+                          advantages, returns, rollout_seconds)
+
+    def learn(self, exp: Experience) -> dict[str, list[float]]:
+        """`ppo_epochs` passes of clipped policy and value updates over the experience, in shuffled minibatches
+        of batch_size x accumulation; returns every micro-batch's statistics."""
+        config = self.config
         stats: dict[str, list[float]] = {}
-        n = len(examples)
-        minibatch = config.batch_size * config.gradient_accumulation_steps
         for epoch in range(config.ppo_epochs):
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(
-                config.seed * 1_000_003 + self.step * 1000 + epoch)).to(mask.device)
-            for start in range(0, n, minibatch):
-                for micro in range(start, start + minibatch, config.batch_size):
-                    rows = order[micro: micro + config.batch_size]
-                    sub = _rows(batch, rows)
-                    with self.accelerator.accumulate(self.model), self.accelerator.autocast():
-                        logits, values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"],
-                                                    kept(sub))
-                        logprobs, scaled = response_logprobs(logits, sub, config.temperature)
-                        pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask[rows],
-                                                        config.cliprange)
-                        vf_loss, vf_stats = value_loss(response_values(values, sub), old_values[rows],
-                                                       returns[rows], mask[rows], config.cliprange_value)
-                        loss = pg_loss + config.vf_coef * vf_loss
-                        self.accelerator.backward(loss)
-                        if self.accelerator.sync_gradients:
-                            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-                            stats.setdefault("grad_norm", []).append(float(norm))
-                        self.optimizer.step()
-                        if self.accelerator.sync_gradients:
-                            self.scheduler.step()
-                        self.optimizer.zero_grad()
-                    with torch.no_grad():
-                        entropy = masked_mean(entropy_from_logits(scaled), mask[rows])
-                    for name, value in {**pg_stats, **vf_stats, "policy/entropy": entropy, "loss/policy": pg_loss,
-                                        "val/loss": vf_loss, "loss/total": loss}.items():
-                        stats.setdefault(name, []).append(float(value.detach()))
-                    del logits, values, scaled, loss
-        kl_sum = kl.sum(1)
-        non_score = (-self.kl.value * kl).sum(1)
-        lengths = mask.sum(1)
+            order = torch.randperm(len(exp), generator=torch.Generator().manual_seed(
+                config.seed * 1_000_003 + self.step * 1000 + epoch)).to(exp.mask.device)
+            for micro in range(0, len(exp), config.batch_size):
+                rows = order[micro: micro + config.batch_size]
+                for name, value in self.learn_rows(exp, rows).items():
+                    stats.setdefault(name, []).append(value)
+        return stats
+
+    def learn_rows(self, exp: Experience, rows: torch.Tensor) -> dict[str, float]:
+        config, sub, mask = self.config, exp.rows(rows), exp.mask[rows]
+        with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+            logits, values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"], kept(sub))
+            logprobs, scaled = response_logprobs(logits, sub, config.temperature)
+            pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask,
+                                            config.cliprange)
+            vf_loss, vf_stats = value_loss(response_values(values, sub), exp.old_values[rows], exp.returns[rows],
+                                           mask, config.cliprange_value)
+            loss = pg_loss + config.vf_coef * vf_loss
+            norm = self.backward_and_step(loss)
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(scaled), mask)
+        stats = {name: float(value.detach()) for name, value in {
+            **pg_stats, **vf_stats, "policy/entropy": entropy, "loss/policy": pg_loss, "val/loss": vf_loss,
+            "loss/total": loss}.items()}
+        return stats if norm is None else {**stats, "grad_norm": norm}
+
+    def ppo_step(self, examples: list[dict]) -> dict[str, float]:
+        """One PPO iteration: experience, updates, the KL controller and the step's metrics."""
+        started = time.monotonic()
+        exp = self.make_experience(examples)
+        stats = self.learn(exp)
+        mask, kl_sum = exp.mask, exp.kl.sum(1)
+        non_score = (-self.kl.value * exp.kl).sum(1)
         result = {name: sum(v) / len(v) for name, v in stats.items()}
         result.update({
             "objective/kl": float(kl_sum.mean()),
             "objective/kl_coef": self.kl.value,
-            "objective/entropy": float((-old_logprobs * mask).sum(1).mean()),
+            "objective/entropy": float((-exp.old_logprobs * mask).sum(1).mean()),
             "objective/non_score_reward": float(non_score.mean()),
-            "objective/scores": float(raw_scores.mean()),
-            "objective/rlhf_reward": float((scores + non_score).mean()),
-            "val/returns": float(masked_mean(returns, mask)),
-            "response_length": float(lengths.float().mean()),
-            "eos_fraction": float(torch.tensor([bool(r) for r in self._ended(batch)]).float().mean()),
-            "time/rollout_s": rollout_seconds,
+            "objective/scores": float(exp.raw_scores.mean()),
+            "objective/rlhf_reward": float((exp.scores + non_score).mean()),
+            "val/returns": float(masked_mean(exp.returns, mask)),
+            "response_length": float(mask.sum(1).float().mean()),
+            "eos_fraction": float(torch.tensor([bool(r) for r in self._ended(exp.batch)]).float().mean()),
+            "time/rollout_s": exp.rollout_seconds,
             "time/step_s": time.monotonic() - started,
         })
         # every process adapts the coefficient from the global mean KL, so they keep one value
-        self.kl.update(self.global_mean({"kl": float(kl_sum.mean())})["kl"], n * self.accelerator.num_processes)
-        self.episodes += n * self.accelerator.num_processes
+        episodes = len(exp) * self.accelerator.num_processes
+        self.kl.update(self.global_mean({"kl": float(kl_sum.mean())})["kl"], episodes)
+        self.episodes += episodes
         result["episodes"] = self.episodes
         self.rollouts.sync_weights(self.unwrapped.policy)
         return result

@@ -32,8 +32,9 @@ from cai.train.data import (
     tokenize_preferences,
 )
 from cai.train.dpo import collate_pairs
-from cai.train.loop import Trainer, add_lora, disable_dropout, load_tokenizer, pad
+from cai.train.loop import Trainer, pad
 from cai.train.losses import reward_loss
+from cai.train.modeling import add_lora, disable_dropout, load_tokenizer
 from cai.train.sft import split_eval
 
 

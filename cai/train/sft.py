@@ -9,7 +9,8 @@ import torch
 
 from cai.train.config import TrainConfig
 from cai.train.data import IGNORE, DataError, Truncation, load_rows, tokenize_sft
-from cai.train.loop import Trainer, add_lora, load_causal_lm, load_tokenizer, pad
+from cai.train.loop import Trainer, pad
+from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
 
 
 def collate_sft(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
