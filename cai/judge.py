@@ -31,8 +31,10 @@ def option_of(token: str) -> str | None:
     return core if core in OPTIONS else None
 
 
-def option_token_ids(tokenizer: Any) -> dict[str, set[int]]:
-    """Every vocabulary id that decodes to an option, found from the tokenizer itself."""
+def option_token_ids(tokenizer: Any) -> dict[str, set[int]] | None:
+    """Every vocabulary id that decodes to an option, found from the tokenizer itself (None without one)."""
+    if tokenizer is None:
+        return None
     found: dict[str, set[int]] = {o: set() for o in OPTIONS}
     for token, token_id in tokenizer.get_vocab().items():
         option = option_of(tokenizer.convert_tokens_to_string([token]))

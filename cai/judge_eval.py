@@ -96,7 +96,7 @@ async def evaluate_judge(engine: Engine, path: str, principles_per_pair: int = 4
     if unlabelled:
         raise UsageError(f"{path}: `cai eval judge` needs labelled rows (prompt, chosen, rejected); "
                          f"{len(unlabelled)} rows are not")
-    option_ids = option_token_ids(engine.tokenizer) if hasattr(engine, "tokenizer") else None
+    option_ids = option_token_ids(engine.local_tokenizer())
     examples = judge_examples(c.judge_examples[:judge_few_shot], settings)
 
     async def one(pair):

@@ -60,7 +60,7 @@ class JudgeRun:
         self.run = run
         self.engine = judge
         self.settings = settings_of(config)
-        self.option_ids = option_token_ids(judge.tokenizer) if hasattr(judge, "tokenizer") else None
+        self.option_ids = option_token_ids(judge.local_tokenizer())
         self.examples = judge_examples(constitution.judge_examples[: config.judge_few_shot], self.settings)
         self.done = Done(run.done)
 

@@ -81,7 +81,7 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
     settings = JudgeSettings()
     judge, owns_judge = _engine(config.judge, shared)
     try:
-        option_ids = option_token_ids(judge.tokenizer) if hasattr(judge, "tokenizer") else None
+        option_ids = option_token_ids(judge.local_tokenizer())
 
         async def compare(i: int, item: PromptItem):
             principles = constitution.sample_preference_principles(sample_rng(config.seed, item.id),

@@ -21,6 +21,7 @@ from tiny import save, tiny_causal_lm, tiny_reward_model, tiny_tokenizer  # noqa
 from cai.judge import Judgement, aggregate  # noqa: E402
 from cai.train.data import Truncation, tokenize_preferences  # noqa: E402
 
+pytestmark = pytest.mark.model
 
 def judgement(principle, order, p_first):
     valid = p_first is not None

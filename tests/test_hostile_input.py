@@ -128,6 +128,7 @@ def pairs(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("where", ["model", "inside-model", "data"])
 def test_training_refuses_to_write_into_its_own_inputs(tmp_path, where):
     model = tiny_model_folder(tmp_path / "m")
@@ -139,6 +140,7 @@ def test_training_refuses_to_write_into_its_own_inputs(tmp_path, where):
     assert (model / "model.safetensors").read_bytes() == before and not (model / "metrics.jsonl").exists()
 
 
+@pytest.mark.model
 def test_training_refuses_a_non_empty_out_unless_told(tmp_path):
     from cai.train.config import DPOConfig
     from cai.train.outputs import OutputError, check_output
@@ -315,6 +317,7 @@ def test_prompt_rows_with_nested_json_or_bad_tags_are_error_records(tmp_path):
     assert isinstance(items[2], InputProblem) and "`tags` must be" in items[2].reason
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("rows, message", [
     ([{"prompt": "hello", "chosen": "yes", "rejected": "no", "p_chosen": True}], "p_chosen must be a number"),
     ([{"prompt": "hello", "chosen": "yes", "rejected": "no", "p_chosen": 0.7},

@@ -19,6 +19,8 @@ from cai.train.ppo import load_prompt_examples, prepare_ppo
 from cai.train.reward import load_reward_model, prepare_reward, sequence_scores
 from cai.train.rollouts import left_pad
 
+pytestmark = pytest.mark.model
+
 PPO = {"limit": 64, "eval_fraction": 0.25, "rollout_batch_size": 16, "batch_size": 8,
        "ppo_epochs": 1, "max_new_tokens": 3, "temperature": 1.0, "learning_rate": 5e-5, "lr_scheduler": "constant",
        "max_length": 64, "max_prompt_length": 56, "max_steps": 4, "save_steps": 2, "eval_samples": 4,

@@ -17,6 +17,8 @@ from cai.train.dpo import collate_pairs, prepare_dpo
 from cai.train.sft import prepare_sft
 from tests.conftest import TEST_ENGINE, kill_when, limited_file_size
 
+pytestmark = pytest.mark.model
+
 SHORT = {"max_length": 96, "max_prompt_length": 32, "progress": False}
 
 

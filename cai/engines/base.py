@@ -7,7 +7,7 @@ server's); nothing here waits for a stage to finish before the next request goes
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Messages = list[dict[str, str]]
@@ -23,6 +23,7 @@ class Sampling:
     logprobs: int | None = None
     """Return this many top alternatives (with log-probabilities) at every generated position."""
     stop: tuple[str, ...] = ()
+    """Strings that end the completion (not included in it)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,6 @@ class Completion:
     """Per generated position, the top alternatives, most likely first (when `Sampling.logprobs` was set)."""
     cached_tokens: int | None = None
     """Prompt tokens served from the engine's prefix cache, when the engine reports it."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class EngineError(RuntimeError):
@@ -72,6 +72,11 @@ class Engine(ABC):
     @abstractmethod
     async def generate(self, messages: Messages, sampling: Sampling, *, continue_final: bool = False) -> Completion:
         """Complete a chat. With `continue_final`, the last (assistant) message is continued rather than answered."""
+
+    def local_tokenizer(self) -> Any | None:
+        """The model's tokenizer when this engine holds one (the in-process vLLM engine), so callers can match
+        option tokens by id; None for engines behind an API (tokens are then matched by their text)."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Settings worth recording in a run manifest (never secrets)."""

@@ -81,7 +81,8 @@ class Stats:
 
 
 class OpenAIEngine(Engine):
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, transport: Any = None):
+        """`transport`: an httpx transport to send requests through (tests pass an `httpx.MockTransport`)."""
         import httpx
 
         self.model_id = config.model.removeprefix("openai/")
@@ -92,7 +93,8 @@ class OpenAIEngine(Engine):
                         for url in config.base_urls]
         key = read_api_key(self.settings.api_key_env, self.settings.api_key_file)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.settings.timeout_s, connect=10.0))
+        self._client = httpx.AsyncClient(headers=headers, transport=transport,
+                                         timeout=httpx.Timeout(self.settings.timeout_s, connect=10.0))
         self.stats = Stats()
         self._rng = random.Random()
         self.clock = time.monotonic

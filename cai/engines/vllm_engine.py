@@ -58,6 +58,9 @@ class VLLMEngine(api.Engine):
     def describe(self) -> dict[str, Any]:
         return {"backend": "vllm", "model": self.model_id, "model_path": self.model_path, **self.settings}
 
+    def local_tokenizer(self):
+        return self.tokenizer
+
     def render(self, messages: api.Messages, *, continue_final: bool = False) -> list[int]:
         """Token ids of the chat as the model sees it, ready for the assistant's next tokens."""
         return self.tokenizer.apply_chat_template(

@@ -1,5 +1,5 @@
-"""The training loop shared by SFT and DPO: accelerate for devices and precision, peft for LoRA, a deterministic
-resumable batch order, checkpoints, evaluation, and metrics in JSONL (plus TensorBoard or W&B when asked for).
+"""The training loop every `cai train` task shares: accelerate for devices and precision, a deterministic
+resumable batch order, checkpoints, evaluation, metrics (`metrics.py`), one optimizer-step helper.
 
 A task supplies `loss(model, batch) -> (loss, per-example metrics, tokens)`; everything else lives here. Batches
 are drawn from a seeded permutation per epoch and split across processes, so `--resume` continues exactly where a
