@@ -156,7 +156,7 @@ def test_pairs_file_with_bad_rows(tmp_path, engine, loop):
                          run_name="f", max_failure_rate=1.0, engine=TEST_ENGINE)
     loop.run_until_complete(judge_run(config, engine=engine, progress=False))
     invalid = list(read_jsonl(tmp_path / "f" / "export" / "invalid.jsonl"))
-    assert sorted(r["reason"] for r in invalid) == [
+    assert sorted(r["error"]["message"] for r in invalid) == [  # the one error shape of every run record
         "needs response_a and response_b (or chosen and rejected) columns", "the two responses are identical"]
     records = list(read_jsonl(tmp_path / "f" / "records.jsonl"))
     assert len(records) == 3
