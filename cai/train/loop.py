@@ -37,7 +37,7 @@ def load_tokenizer(model: str | None, trust_remote_code: bool = False) -> tuple[
         path = resolve_model(model)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:
-        raise ValueError(f"cannot load the tokenizer of model {model or 'default'} ({path}): {e}") from None
+        raise ValueError(f"cannot load model {model or 'default'} ({path}): its tokenizer: {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
