@@ -145,23 +145,44 @@ def judgement_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"pair_id": record["id"], **j} for j in record.get("judgements", [])]
 
 
+def judge_preferences(records: list[dict], config: dict, judge_model: str,
+                      review: tuple[dict[str, float], set[str], dict] | None) -> tuple[list[dict], dict[str, int]]:
+    """The exported pairs and the counts of what was left out. A human label (from `cai review merge`) replaces
+    the AI's and passes the confidence filters; unreviewed pairs the review asked to drop are dropped."""
+    human, drop = (review[0], review[1]) if review else ({}, set())
+    preferences, counts = [], {"low_confidence": 0, "inconsistent": 0, "unreviewed": 0, "ties": 0, "human": 0}
+    for record in (r for r in records if r["status"] == "ok"):
+        if record["id"] in human:
+            row = {**preference_row({**record, "p_first": human[record["id"]]}, judge_model), "label_source": "human"}
+            counts["human"] += 1
+        else:
+            row = {**preference_row(record, judge_model), "label_source": "ai"}
+            if record["id"] in drop:
+                counts["unreviewed"] += 1
+                continue
+            if row["p_chosen"] < config["min_confidence"]:
+                counts["low_confidence"] += 1
+                continue
+            if config["drop_inconsistent"] and (row["position_consistency"] or 0) < 1.0:
+                counts["inconsistent"] += 1
+                continue
+        preferences.append(row)
+        counts["ties"] += row["tie"]
+    return preferences, counts
+
+
 def export_judge_run(run_dir: str | Path) -> dict[str, int]:
-    """Write `run_dir/export/` for a judge run; returns the row count of each split."""
+    """Write `run_dir/export/` for a judge run (with a merged human review, when there is one); returns the row
+    count of each split."""
+    from cai.review import review_overrides
+
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir / "manifest.json")
     config = manifest["config"]
     records = read_records(run_dir)
     judge_model = manifest.get("engine", {}).get("model", str(config["engine"].get("model")))
-    preferences, dropped, ties = [], {"low_confidence": 0, "inconsistent": 0}, 0
-    for record in (r for r in records if r["status"] == "ok"):
-        row = preference_row(record, judge_model)
-        if row["p_chosen"] < config["min_confidence"]:
-            dropped["low_confidence"] += 1
-        elif config["drop_inconsistent"] and (row["position_consistency"] or 0) < 1.0:
-            dropped["inconsistent"] += 1
-        else:
-            preferences.append(row)
-            ties += row["tie"]
+    review = review_overrides(run_dir)
+    preferences, dropped = judge_preferences(records, config, judge_model, review)
     raw = [row for r in records for row in judgement_rows(r)]
     invalid = [r for r in records if r["status"] != "ok"]
     out = run_dir / "export"
@@ -172,14 +193,23 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     write_jsonl_atomic(out / "invalid.jsonl", invalid)
     save_datasets(out / "dataset", splits)
     counts = {name: len(rows) for name, rows in splits.items()}
-    write_json_atomic(out / "stats.json", {"kept": len(preferences), "ties": ties, "invalid": len(invalid),
-                                           **{f"dropped_{k}": v for k, v in dropped.items()}})
+    write_json_atomic(out / "stats.json", {"kept": len(preferences), "ties": dropped["ties"], "invalid": len(invalid),
+                                           "human_labels": dropped["human"],
+                                           **{f"dropped_{k}": dropped[k] for k in ("low_confidence", "inconsistent",
+                                                                                    "unreviewed")}})
     summary = (f"AI-labelled preference pairs (RL-CAI): {len(preferences)} pairs kept, {dropped['low_confidence']} "
                f"below p_chosen {config['min_confidence']}, {dropped['inconsistent']} position-inconsistent "
                f"dropped, {len(invalid)} invalid or failed. Judge: `{judge_model}`, "
-               f"{config['principles_per_pair']} principles per pair, both orders. {ties} exact tie(s) "
+               f"{config['principles_per_pair']} principles per pair, both orders. {dropped['ties']} exact tie(s) "
                "(p_chosen = 0.5, `tie: true`): kept at 0.5 for soft losses, skipped by hard-label losses "
                "(DPO sigmoid/ipo, a reward model without soft labels).")
+    if review is not None:
+        info = review[2]
+        summary += (f"\n\nHuman review (`cai review`): {info['reviewed']} pairs labelled by a person "
+                    f"(`label_source: human`) of {info['selected']} selected as the most doubtful (budget "
+                    f"{info['budget']}); {info['skipped']} skipped; {info['dropped_unreviewed']} unreviewed pairs "
+                    f"in the least-trusted {info['drop_unreviewed_below']:.0%} dropped. Every other row is "
+                    "`label_source: ai`.")
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary),
                                    encoding="utf-8")
     return counts

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cai.cli import constitution, data, evaluate, generate, judge, model, pipeline, train
+from cai.cli import constitution, data, evaluate, generate, judge, model, pipeline, review, train
 
-MODULES = (generate, judge, evaluate, train, data, pipeline, constitution, model)
+MODULES = (generate, judge, evaluate, train, review, data, pipeline, constitution, model)
 """Each module adds its parser(s) and maps its command name(s) to a function of the parsed arguments."""
 
 
