@@ -157,6 +157,15 @@ class JudgeConfig(RunSettings):
     """End the run non-zero when more than this share of pairs fail or are invalid."""
     policy_engine: EngineConfig | None = None
     """`sampled`: the policy model's engine; the judge's engine when unset."""
+    check_judge: bool = True
+    """Measure the judge on labelled pairs before it labels anything (cached per judge)."""
+    judge_check: str | None = None
+    """Labelled pairs (prompt, chosen, rejected) for the judge check; the shipped prompts/judge-eval.jsonl when
+    unset."""
+    min_judge_accuracy: float = Field(default=0.7, ge=0, le=1)
+    """Below this accuracy on its check the judge gets a loud warning (or, with `strict_judge`, no run)."""
+    strict_judge: bool = False
+    """Stop before any label is written when the judge fails its check."""
 
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
@@ -202,10 +211,17 @@ class EvalConfig(Settings):
     """The judge's engine (the embedded default model unless set)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine settings for the two models (their `model` is replaced by `trained` and `base`)."""
+    check_judge: bool = True
+    """Measure the judge on labelled pairs first; hard refusal rates are reported only when it passes."""
+    judge_check: str | None = None
+    """Labelled pairs for the judge check; the shipped prompts/judge-eval.jsonl when unset."""
+    min_judge_accuracy: float = Field(default=0.7, ge=0, le=1)
+    """The judge check's pass mark."""
 
 
 # Fields that do not change what a record holds; a resumed run may change them.
-_NOT_COMPAT = {"limit", "concurrency", "output_dir", "run_name", "max_failure_rate"}
+_NOT_COMPAT = {"limit", "concurrency", "output_dir", "run_name", "max_failure_rate", "check_judge", "judge_check",
+               "min_judge_accuracy", "strict_judge"}
 _ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "extra", "base_urls", "openai"}
 
 

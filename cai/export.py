@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from cai.diagnostics import length_bias
 from cai.records import read_records
 from cai.redact import redact_secrets
 from cai.store import read_manifest, write_json_atomic
@@ -193,8 +194,11 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     write_jsonl_atomic(out / "invalid.jsonl", invalid)
     save_datasets(out / "dataset", splits)
     counts = {name: len(rows) for name, rows in splits.items()}
+    bias = length_bias([r["p_chosen"] for r in preferences],
+                       [len(r["chosen"][0]["content"].split()) for r in preferences],
+                       [len(r["rejected"][0]["content"].split()) for r in preferences])
     write_json_atomic(out / "stats.json", {"kept": len(preferences), "ties": dropped["ties"], "invalid": len(invalid),
-                                           "human_labels": dropped["human"],
+                                           "human_labels": dropped["human"], "length_bias": bias,
                                            **{f"dropped_{k}": dropped[k] for k in ("low_confidence", "inconsistent",
                                                                                     "unreviewed")}})
     summary = (f"AI-labelled preference pairs (RL-CAI): {len(preferences)} pairs kept, {dropped['low_confidence']} "
@@ -203,6 +207,12 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
                f"{config['principles_per_pair']} principles per pair, both orders. {dropped['ties']} exact tie(s) "
                "(p_chosen = 0.5, `tie: true`): kept at 0.5 for soft losses, skipped by hard-label losses "
                "(DPO sigmoid/ipo, a reward model without soft labels).")
+    summary += "\n\n" + judge_quality_text(manifest.get("judge_quality"))
+    if bias["pairs"]:
+        corr = bias["p_length_correlation"]
+        summary += (f"\n\nLength bias of the labels: the chosen response is the longer one in "
+                    f"{bias['chosen_longer_share']:.0%} of pairs; p_chosen correlates "
+                    f"{'n/a' if corr is None else f'{corr:+.2f}'} with (chosen - rejected) length in words.")
     if review is not None:
         info = review[2]
         summary += (f"\n\nHuman review (`cai review`): {info['reviewed']} pairs labelled by a person "
@@ -213,6 +223,14 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary),
                                    encoding="utf-8")
     return counts
+
+
+def judge_quality_text(quality: dict[str, Any] | None) -> str:
+    if not quality:
+        return "Judge quality: not measured (the run used --no-judge-check)."
+    from cai.judge_check import describe
+
+    return f"Judge quality, measured before labelling: {describe(quality)}."
 
 
 def export_run(run_dir: str | Path) -> dict[str, Any]:

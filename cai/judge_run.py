@@ -25,12 +25,15 @@ from cai.engines import Engine, EngineDeadError, RequestError, Sampling, create_
 from cai.fingerprint import input_fingerprints, model_fingerprint
 from cai.inputs import InputError, InputProblem, PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_examples, judge_pair, option_token_ids
+from cai.judge_check import check_judge, enforce
+from cai.judge_check import describe as describe_check
 from cai.pairs import Pair, pairs_from_file, revision_vs_initial, sampled_pairs, successive_revisions
 from cai.records import Record
 from cai.runs import RunSummary, StageRun, package_versions
 from cai.store import RunStore
 
-_NOT_COMPAT = {"min_confidence", "drop_inconsistent"}  # export filters: changing them needs no new judgements
+_NOT_COMPAT = {"min_confidence", "drop_inconsistent", "check_judge", "judge_check", "min_judge_accuracy",
+               "strict_judge"}  # export filters: changing them needs no new judgements
 
 
 def settings_of(config: JudgeConfig) -> JudgeSettings:
@@ -144,6 +147,11 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
         engine = engine or run.own(create_engine(config.engine))
         judge = JudgeRun(config, constitution, run, engine)
         store.update_manifest(engine=engine.describe())
+        if config.check_judge:
+            quality = await check_judge(engine, config)
+            store.update_manifest(judge_quality=quality)
+            run.summary.notes.append(describe_check(quality))
+            enforce(quality, config.strict_judge)  # before any label is written
         if config.strategy == "sampled":
             if policy is None:
                 same = config.policy_engine is None or config.policy_engine == config.engine

@@ -155,22 +155,44 @@ def eval_section(run: Path, folder: Path) -> tuple[str, list[str]]:
     left.set_ylim(0, 1)
     left.set_title("Harmlessness win-rate (95% CI)")
     refusal = results["over_refusal"]
-    right.bar(["base", "trained"], [refusal[n]["refusal_rate"] or 0 for n in ("base", "trained")],
-              color=["#dd8452", "#4c72b0"])
+    means, below, above = [], [], []
+    for name in ("base", "trained"):
+        mean = refusal[name].get("mean_p_refusal") or 0.0
+        low, high = refusal[name].get("ci95") or [None, None]
+        means.append(mean)
+        below.append(mean - low if low is not None else 0.0)
+        above.append(high - mean if high is not None else 0.0)
+    errors = [below, above]
+    right.bar(["base", "trained"], means, yerr=errors, color=["#dd8452", "#4c72b0"], capsize=8)
     right.set_ylim(0, 1)
-    right.set_title("Over-refusal on benign prompts")
+    right.set_title("Mean refusal probability, benign (95% CI)")
     image = _save(fig, folder, "eval.png")
     lengths = results["mean_length_tokens"]
     body = (f"<p>Win-rate {_fmt(harm['win_rate'])} (95% CI {_fmt(harm['ci95'][0])} to {_fmt(harm['ci95'][1])}) over "
-            f"{harm['valid']} judged prompts; hard win share {_fmt(harm['hard_win_share'])}. Over-refusal: base "
-            f"{_fmt(refusal['base']['refusal_rate'])}, trained {_fmt(refusal['trained']['refusal_rate'])}. "
+            f"{harm['valid']} judged prompts (length-controlled {_fmt(harm.get('length_controlled_win_rate'))}); "
+            f"hard win share {_fmt(harm['hard_win_share'])}. Over-refusal: base "
+            f"{_fmt(refusal['base']['refusal_rate'])}, trained {_fmt(refusal['trained']['refusal_rate'])} "
+            f"(mean refusal probability {_fmt(refusal['base'].get('mean_p_refusal'))} and "
+            f"{_fmt(refusal['trained'].get('mean_p_refusal'))}). "
             f"Mean answer length: base {lengths['base']:.1f} tokens, trained {lengths['trained']:.1f}.</p>"
             f'<img src="{image}" alt="eval results">')
     return _section("Evaluation", body), [image]
 
 
 def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return value if isinstance(value, str) else "n/a" if value is None else f"{value:.2f}"
+
+
+def verdict_section(run: Path) -> str:
+    """The answers first: did it work, and can the judge tell (`diagnostics.verdict`)."""
+    path = run / "eval" / "results.json"
+    if not path.exists():
+        return ""
+    from cai.diagnostics import verdict
+
+    items = "".join(f'<li class="{html.escape(v["mark"])}"><b>{html.escape(v["mark"])}</b>: {html.escape(v["text"])}</li>'
+                    for v in verdict(json.loads(path.read_text())))
+    return f'<section id="verdict"><h2>Verdict</h2><ul>{items}</ul></section>'
 
 
 def _section(title: str, body: str) -> str:
@@ -180,7 +202,8 @@ def _section(title: str, body: str) -> str:
 STYLE = """body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
 img{max-width:100%;display:block;margin:1em 0;border:1px solid #eee}
 .chain{border-left:3px solid #8172b3;padding-left:1em;margin:1em 0}.req{color:#555;font-size:90%}
-section{margin-bottom:2.5em}"""
+section{margin-bottom:2.5em}#verdict li{margin:.4em 0}.good b{color:#2a7d3b}.bad b{color:#b3261e}
+.unclear b{color:#8a6d00}"""
 # Counts images that loaded, so a browser test (or a person) can see at a glance that none is broken.
 SCRIPT = """window.addEventListener('load',function(){var ok=0,imgs=document.images;
 for(var i=0;i<imgs.length;i++){if(imgs[i].complete&&imgs[i].naturalWidth>0)ok++;}
@@ -203,6 +226,9 @@ def write_report(run_dir: str | Path) -> Path:
             sections.append(text)
     if not sections:
         raise UsageError(f"{run} holds no cai stage output to report on")
+    verdict = verdict_section(run)
+    if verdict:
+        sections.insert(0, verdict)
     title = f"cai report: {run.name}"
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}"

@@ -100,7 +100,7 @@ def small_generate_run(tmp_path_factory, engine, loop):
 
 
 def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_run, tmp_path, engine, loop):
-    config = JudgeConfig(source=str(small_generate_run), principles_per_pair=2, output_dir=str(tmp_path),
+    config = JudgeConfig(check_judge=False, source=str(small_generate_run), principles_per_pair=2, output_dir=str(tmp_path),
                          run_name="j", engine=TEST_ENGINE)
     summary = loop.run_until_complete(judge_run(config, engine=engine, progress=False))
     records = list(read_jsonl(tmp_path / "j" / "records.jsonl"))
@@ -127,7 +127,7 @@ def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_ru
 
 
 def test_judge_run_revisions_and_sampled_strategies(small_generate_run, tmp_path, engine, loop):
-    revisions = JudgeConfig(source=str(small_generate_run), strategy="revisions", principles_per_pair=1,
+    revisions = JudgeConfig(check_judge=False, source=str(small_generate_run), strategy="revisions", principles_per_pair=1,
                             output_dir=str(tmp_path), run_name="rev", engine=TEST_ENGINE)
     loop.run_until_complete(judge_run(revisions, engine=engine, progress=False))
     manifest = json.loads((tmp_path / "rev" / "manifest.json").read_text())
@@ -135,7 +135,7 @@ def test_judge_run_revisions_and_sampled_strategies(small_generate_run, tmp_path
     sources = {(r["meta"]["first"], r["meta"]["second"]) for r in read_jsonl(tmp_path / "rev" / "records.jsonl")}
     assert sources <= {("revision1", "initial"), ("revision2", "revision1")}
 
-    sampled = JudgeConfig(source="benign", strategy="sampled", limit=2, samples_per_prompt=3, principles_per_pair=1,
+    sampled = JudgeConfig(check_judge=False, source="benign", strategy="sampled", limit=2, samples_per_prompt=3, principles_per_pair=1,
                           policy_max_new_tokens=16, output_dir=str(tmp_path), run_name="s", engine=TEST_ENGINE)
     loop.run_until_complete(judge_run(sampled, engine=engine, progress=False))
     responses = list(read_jsonl(tmp_path / "s" / "responses.jsonl"))
@@ -152,7 +152,7 @@ def test_pairs_file_with_bad_rows(tmp_path, engine, loop):
         {"prompt": "Say hi.", "response_a": "same", "response_b": "same"},
         {"prompt": "Say hi.", "response_a": "only one"},
     ]) + "\n")
-    config = JudgeConfig(source=str(path), strategy="file", principles_per_pair=1, output_dir=str(tmp_path),
+    config = JudgeConfig(check_judge=False, source=str(path), strategy="file", principles_per_pair=1, output_dir=str(tmp_path),
                          run_name="f", max_failure_rate=1.0, engine=TEST_ENGINE)
     loop.run_until_complete(judge_run(config, engine=engine, progress=False))
     invalid = list(read_jsonl(tmp_path / "f" / "export" / "invalid.jsonl"))
@@ -194,7 +194,7 @@ def test_a_failed_write_ends_the_judge_run_clearly_and_a_rerun_finishes(small_ge
         original(self, line)
 
     monkeypatch.setattr(JsonlLog, "_write_line", full_disk)
-    config = JudgeConfig(source=str(small_generate_run), strategy="revisions", principles_per_pair=1,
+    config = JudgeConfig(check_judge=False, source=str(small_generate_run), strategy="revisions", principles_per_pair=1,
                          concurrency=1, output_dir=str(tmp_path), run_name="full", engine=TEST_ENGINE)
     with pytest.raises(RunFailed, match=r"cannot write to .*records.jsonl: No space left on device \(2 records"):
         loop.run_until_complete(judge_run(config, engine=engine, progress=False))

@@ -76,7 +76,7 @@ def test_win_rate_favours_the_trained_models_answer_not_the_first_shown(tmp_path
                "judge-model": ScriptedJudge(favoured="answer from trained-model", p=0.9)}
     monkeypatch.setattr(model_eval, "_engine", lambda config, shared: (engines[config.model], False))
     config = EvalConfig(trained="trained-model", base="base-model", harmful_limit=3, benign_limit=2,
-                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200)
+                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200, check_judge=False)
     results = asyncio.run(evaluate_models(config, tmp_path))
     # each comparison: order AB shows trained as (A): 0.9; order BA shows it as (B): 1 - 0.1 = 0.9
     assert results["harmlessness"]["win_rate"] == pytest.approx(0.9)

@@ -51,8 +51,22 @@ def test_the_quickstart_recipe_runs_end_to_end(finished_run, engine, loop):
     for name in ("base", "trained"):
         refusal = results["over_refusal"][name]
         assert refusal["prompts"] == 4 and refusal["valid"] <= 4
-        assert refusal["refusal_rate"] is None or 0 <= refusal["refusal_rate"] <= 1
+        quality = results["judge_quality"]
+        if quality["passed"]:
+            assert refusal["refusal_rate"] is None or 0 <= refusal["refusal_rate"] <= 1
+        else:
+            assert refusal["refusal_rate"] == "n/a"  # no hard reading of a judge that failed its check
+        assert refusal["ci95"][0] <= refusal["mean_p_refusal"] <= refusal["ci95"][1]
         assert 1 <= results["mean_length_tokens"][name] <= 24
+    # the judge was measured before it labelled: the same check (one cache entry) serves the judge and eval stages
+    quality = results["judge_quality"]
+    assert quality["checked_pairs"] == 60 and 0 <= quality["accuracy"] <= 1 and quality["cached"]
+    assert quality["passed"] == (quality["accuracy"] >= 0.7)
+    assert json.loads((run / "judge" / "manifest.json").read_text())["judge_quality"]["accuracy"] == quality["accuracy"]
+    assert f"judge check: accuracy {quality['accuracy']:.2f}" in (run / "judge" / "export" / "README.md").read_text()
+    assert 0 <= harm["length_controlled_win_rate"] <= 1
+    page = (run / "report" / "index.html").read_text()
+    assert page.index('<section id="verdict">') < page.index("<h2>Critique and revision</h2>")
     examples = json.loads((run / "eval" / "examples.json").read_text())
     assert len(examples) == 4 and all(e["trained"] and e["base"] for e in examples)
     assert results["trained"] == str(run / "dpo") and results["base"] == "default"
@@ -87,7 +101,7 @@ def test_the_report_renders_in_headless_chromium(finished_run, tmp_path):
         browser.close()
     assert problems == []
     assert loaded == "7/7"
-    assert headings == ["Critique and revision", "AI judge", "Training", "Evaluation"]
+    assert headings == ["Verdict", "Critique and revision", "AI judge", "Training", "Evaluation"]
     assert (tmp_path / "report.png").stat().st_size > 10000
 
 

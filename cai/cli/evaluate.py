@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from cai.cli.judge import JUDGE_FLAGS
+from cai.cli.judge import JUDGE_FLAGS, no_judge_check
 from cai.cli.options import add_settings, engine_options, overrides
 
 JUDGE_EVAL_FIELDS = {"constitution", "principles_per_pair", "judge_few_shot", "seed", "cot", "cot_max_tokens",
@@ -28,7 +28,8 @@ def add_parser(sub: Any) -> None:
     j.set_defaults(_run=run_judge)
 
     m = esub.add_parser("model", help="harmlessness win-rate and over-refusal of a trained model vs its base")
-    add_settings(m, EvalConfig, flags={"principles_per_pair": "--principles"})
+    add_settings(m, EvalConfig, flags={"principles_per_pair": "--principles", "check_judge": None})
+    no_judge_check(m)
     m.add_argument("--out", dest="report_out", required=True, help="folder for results.json and examples.json")
     m.add_argument("--judge-model", dest="judge.model", help="the judge's model (default: the embedded one)")
     m.set_defaults(_run=run_model)

@@ -8,7 +8,12 @@ from typing import Any
 
 from cai.cli.options import add_settings, config_option, finish, overrides
 
-JUDGE_FLAGS = {"principles_per_pair": "--principles"}
+JUDGE_FLAGS = {"principles_per_pair": "--principles", "check_judge": None}
+
+
+def no_judge_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-judge-check", dest="check_judge", action="store_false", default=None,
+                        help="skip measuring the judge on labelled pairs first (its quality is then unknown)")
 
 
 def add_parser(sub: Any) -> None:
@@ -18,6 +23,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("source", nargs="?", help=JudgeConfig.model_fields["source"].description)
     config_option(p)
     add_settings(p, JudgeConfig, skip={"source"}, flags=JUDGE_FLAGS)
+    no_judge_check(p)
     p.add_argument("--policy-model", dest="policy_engine.model",
                    help="`sampled`: the model that samples responses (default: the judge)")
     finish(p, run)

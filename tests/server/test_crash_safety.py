@@ -124,6 +124,7 @@ def test_generate_survives_20_random_sigkills(generate_command, tmp_path):
 def test_judge_survives_20_random_sigkills(generate_command, vllm_server, tmp_path):
     _, out = generate_command
     base = [sys.executable, "-m", "cai", "judge", str(out / "straight"), "--principles", "2", "--concurrency", "1",
+            "--no-judge-check",
             "--output-dir", str(tmp_path), *server_args(vllm_server)]
     finish(base + ["--run-name", "straight"])
     command = base + ["--run-name", "killed"]

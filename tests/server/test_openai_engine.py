@@ -48,7 +48,7 @@ def test_records_have_the_same_shape_as_in_process(vllm_server, engine, loop, tm
     assert manifest["engine"] == {"backend": "openai", "model": "smollm2", "base_urls": [vllm_server],
                                   "max_concurrency_per_server": 32}
 
-    pairs = JudgeConfig(source=str(data_dir("prompts") / "judge-eval.jsonl"), strategy="file", limit=2,
+    pairs = JudgeConfig(check_judge=False, source=str(data_dir("prompts") / "judge-eval.jsonl"), strategy="file", limit=2,
                         principles_per_pair=1, output_dir=str(tmp_path))
     loop.run_until_complete(judge_run(pairs.model_copy(update={"run_name": "jr"}), engine=remote, progress=False))
     loop.run_until_complete(judge_run(pairs.model_copy(update={"run_name": "jl"}), engine=engine, progress=False))
