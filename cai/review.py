@@ -83,9 +83,9 @@ def rank(records: list[dict[str, Any]], rm_p: dict[str, float] | None = None) ->
 
 def reward_model_p(reward_model: str, records: list[dict[str, Any]]) -> dict[str, float]:
     """sigma(r_first - r_second) for each pair, from a `cai train rm` model."""
-    from cai.train.reward import RewardScorer
+    from cai.train.ensemble import make_scorer
 
-    scorer = RewardScorer(reward_model)
+    scorer = make_scorer(reward_model)
     scores = scorer.score([r["prompt"] for r in records for _ in (0, 1)],
                           [text for r in records for text in (r["first"], r["second"])])
     return {r["id"]: 1.0 / (1.0 + math.exp(scores[2 * i + 1] - scores[2 * i])) for i, r in enumerate(records)}

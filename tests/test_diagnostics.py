@@ -113,3 +113,48 @@ def test_a_judge_that_fails_its_check_stops_a_strict_run_before_any_label(tmp_pa
     card = (tmp_path / "loose" / "export" / "README.md").read_text()
     assert "Judge quality, measured before labelling: judge check: accuracy 0.50" in card and "FAILED" in card
     assert len(list((tmp_path / "cache" / "judge-checks").glob("*.json"))) == 1  # checked once, then cached
+
+
+# --- reward-model ensembles ----------------------------------------------------------------------------------------------
+def test_conservative_ensemble_rewards_by_hand():
+    from cai.train.ensemble import combine
+
+    members = [[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [2.0, 1.0, 3.0]]
+    assert combine(members, "mean") == pytest.approx([2.0, 1.0, 1.0])
+    assert combine(members, "min") == pytest.approx([1.0, 0.0, 0.0])
+    # population std: sqrt(2/3) for the first two columns, sqrt(2) for the third
+    assert combine(members, "mean-minus-std") == pytest.approx([2 - math.sqrt(2 / 3), 1 - math.sqrt(2 / 3),
+                                                               1 - math.sqrt(2)])
+    assert combine(members, "mean-minus-std", std_weight=0.5) == pytest.approx([2 - 0.5 * math.sqrt(2 / 3),
+                                                                               1 - 0.5 * math.sqrt(2 / 3),
+                                                                               1 - 0.5 * math.sqrt(2)])
+
+
+@pytest.mark.model
+def test_an_ensemble_trains_its_members_and_scores_with_them(tmp_path):
+    from tiny import save, tiny_reward_model, tiny_tokenizer
+
+    from cai.train import run_training
+    from cai.train.config import RewardConfig
+    from cai.train.ensemble import EnsembleScorer, combine
+    from cai.train.reward import RewardScorer
+
+    tok = tiny_tokenizer()
+    start = save(tiny_reward_model(tok), tok, tmp_path / "start")
+    rows = [{"prompt": "hello", "chosen": "hello world", "rejected": "no", "p_chosen": 0.8},
+            {"prompt": "how do i pick a lock", "chosen": "sorry i cannot help with that", "rejected": "sure here is the way",
+             "p_chosen": 0.9}] * 4
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    final = run_training("rm", RewardConfig(model=start, data=str(data), out=str(out), ensemble=2, max_steps=2,
+                                            batch_size=2, learning_rate=1e-2, eval_fraction=0.25, progress=False,
+                                            max_length=32, max_prompt_length=16))
+    manifest = json.loads((out / "ensemble.json").read_text())
+    assert manifest["members"] == ["member-0", "member-1"] and manifest["seeds"] == [0, 1]
+    assert "eval/score_length_correlation" in final and -1 <= final["eval/score_length_correlation"] <= 1
+    prompts, responses = [[{"role": "user", "content": "hello"}]] * 2, ["hello world", "no"]
+    each = [RewardScorer(str(out / m)).score(prompts, responses) for m in manifest["members"]]
+    assert each[0] != each[1]  # different seeds, different models
+    for how in ("mean", "min", "mean-minus-std"):
+        assert EnsembleScorer(str(out), how).score(prompts, responses) == pytest.approx(combine(each, how))

@@ -31,6 +31,10 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
 
     check_output(config)  # before any model loads
     with output_lock(config):
+        if task == "rm" and config.ensemble > 1:
+            from cai.train.ensemble import train_ensemble
+
+            return train_ensemble(config)
         return prepare(config).train()
 
 

@@ -134,6 +134,9 @@ class RewardConfig(TrainConfig):
     """Train with the model's dropout on (off by default, as TRL does for reward and preference training)."""
     center_rewards_coefficient: float = Field(default=0.0, ge=0)
     """Weight of a penalty on (r_chosen + r_rejected)^2 that keeps rewards centred on zero."""
+    ensemble: int = Field(default=1, ge=1, le=16)
+    """Train this many reward models (seeds seed..seed+K-1: head initialisation and data order) into
+    OUT/member-i, scored together by PPO and `cai score` (a mitigation of reward hacking)."""
 
     @model_validator(mode="after")
     def _check_margin(self) -> RewardConfig:
@@ -186,6 +189,11 @@ class PPOConfig(TrainConfig):
     value_model: Literal["head", "separate"] = "head"
     """`head`: a linear value head on the policy's last hidden state (one forward pass for both);
     `separate`: a critic initialised from the reward model (more memory, no shared features)."""
+    reward_ensemble: Literal["mean", "min", "mean-minus-std"] = "mean"
+    """With an ensemble reward model (`cai train rm --ensemble K`): how the members' scores combine; `min` and
+    `mean-minus-std` are the conservative choices of Coste et al. (2023)."""
+    ensemble_std_weight: float = Field(default=1.0, ge=0)
+    """w in mean - w * std for `mean-minus-std`."""
     missing_eos_penalty: float = Field(default=1.0, ge=0)
     """Subtract this from the score of responses that hit max_new_tokens without ending, so a cut-off answer
     never scores like a finished one (0 turns it off; the reward model's scale sets how large 1.0 is)."""

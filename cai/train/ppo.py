@@ -21,6 +21,7 @@ import torch
 
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, fit_prompt
+from cai.train.ensemble import is_ensemble, make_scorer, members
 from cai.train.experience import Experience, kept, response_logprobs, response_values
 from cai.train.loop import Trainer
 from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
@@ -34,7 +35,7 @@ from cai.train.ppo_math import (
     value_loss,
     whiten,
 )
-from cai.train.reward import RewardScorer, load_reward_model, token_scores
+from cai.train.reward import load_reward_model, token_scores
 from cai.train.rollouts import RolloutGenerator, TransformersRollouts, response_texts, rollout_batch
 from cai.train.sft import split_eval
 
@@ -73,8 +74,9 @@ class PPOTrainer(Trainer):
         super().__init__(config, model, tokenizer, prompts, lambda rows: rows, None, eval_prompts, extra_manifest)
         device = self.accelerator.device
         self.reference = reference.to(device) if reference is not None else None
-        self.scorer = RewardScorer(config.reward_model, config.batch_size, trust_remote_code=config.trust_remote_code,
-                                   device=device)
+        self.scorer = make_scorer(config.reward_model, config.reward_ensemble, config.ensemble_std_weight,
+                                  batch_size=config.batch_size, trust_remote_code=config.trust_remote_code,
+                                  device=device)
         self.kl = KLController(config.kl_coef, config.target_kl, config.kl_horizon)
         self.episodes = 0
         self.rollouts: RolloutGenerator = TransformersRollouts(self.unwrapped.policy, tokenizer,
@@ -327,7 +329,8 @@ def prepare_ppo(config: PPOConfig) -> PPOTrainer:
         policy = add_lora(policy, config)
     critic = None
     if config.value_model == "separate":
-        critic = load_reward_model(config.reward_model, config.trust_remote_code)[0]
+        critic_from = members(config.reward_model)[0] if is_ensemble(config.reward_model) else config.reward_model
+        critic = load_reward_model(critic_from, config.trust_remote_code)[0]
     return PPOTrainer(config, PolicyAndValue(policy, critic), tokenizer, train, held_out, reference,
                       {"task": "ppo", "model_path": path, "reward_model": config.reward_model,
                        "reference": config.reference_mode, "value_model": config.value_model,

@@ -121,18 +121,27 @@ class RewardTrainer(Trainer):
         was_training = self.model.training
         result = super().evaluate()
         self.model.eval()
-        p_model, p_target = [], []
+        p_model, p_target, all_scores, lengths = [], [], [], []
         for start in range(0, len(self.eval_examples), self.config.batch_size):
-            batch = self._to_device(self.collate(self.eval_examples[start: start + self.config.batch_size]))
+            chunk = self.eval_examples[start: start + self.config.batch_size]
+            batch = self._to_device(self.collate(chunk))
             with self.accelerator.autocast():
                 scores = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
             half = scores.shape[0] // 2
             p_model += torch.sigmoid(scores[:half] - scores[half:]).tolist()
             p_target += batch["p_chosen"].tolist() if "p_chosen" in batch else [1.0] * half
+            all_scores += scores.tolist()
+            lengths += [len(e["chosen_ids"]) for e in chunk] + [len(e["rejected_ids"]) for e in chunk]
         self.model.train(was_training)
         if p_model:
+            from cai.diagnostics import pearson
+
             result["eval/ece"] = calibration_error(p_model, p_target)
             result["eval/pairs"] = float(len(p_model))
+            # a reward model that scores length is one a policy can hack by talking longer
+            correlation = pearson(all_scores, [float(n) for n in lengths])
+            if correlation is not None:
+                result["eval/score_length_correlation"] = correlation
         return result
 
 
@@ -213,7 +222,10 @@ def score_file(reward_model: str, data: str, out: str, batch_size: int = 8, max_
     """`cai score`: every row with its score. Rows have `prompt` + `response`, `messages` ending in an assistant
     turn, or `prompt` + `chosen` + `rejected` (both scored). Written to OUT.partial, renamed when whole."""
     rows = load_rows(data, split, "score")
-    scorer = RewardScorer(reward_model, batch_size, Truncation(max_length, max_length // 2), trust_remote_code)
+    from cai.train.ensemble import make_scorer
+
+    scorer = make_scorer(reward_model, batch_size=batch_size, limits=Truncation(max_length, max_length // 2),
+                         trust_remote_code=trust_remote_code)  # an ensemble folder scores with its members' mean
     prompts, responses, slots = [], [], []
     for index, row in enumerate(rows):
         if "messages" in row and "prompt" not in row:
