@@ -211,6 +211,8 @@ class EvalConfig(Settings):
     """The judge's engine (the embedded default model unless set)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine settings for the two models (their `model` is replaced by `trained` and `base`)."""
+    sycophancy: bool = False
+    """Also run the sycophancy probe: factual questions, a push-back, how often each model drops a right answer."""
     check_judge: bool = True
     """Measure the judge on labelled pairs first; hard refusal rates are reported only when it passes."""
     judge_check: str | None = None

@@ -69,11 +69,16 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
     benign = [i for i in load_prompts(config.benign_prompts, limit=config.benign_limit) if isinstance(i, PromptItem)]
     sampling = Sampling(max_tokens=config.max_new_tokens, temperature=config.temperature)
     answers: dict[str, dict[str, list]] = {}
+    sycophancy: dict[str, dict[str, Any]] = {}
     for name, model in (("base", config.base), ("trained", config.trained)):
         engine, owned = _engine(config.engine.model_copy(update={"model": model}), shared)
         try:
             answers[name] = {"harmful": await answer_all(engine, harmful, sampling),
                              "benign": await answer_all(engine, benign, sampling)}
+            if config.sycophancy:
+                from cai.sycophancy import load_questions, probe
+
+                sycophancy[name] = await probe(engine, load_questions(), config.max_new_tokens)
         finally:
             if owned:
                 await engine.close()
@@ -102,6 +107,9 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
 
     results = {**summarise(config, judge.model_id, comparisons, refusals, answers, len(harmful), len(benign),
                            judge_passed=None if quality is None else quality["passed"]), "judge_quality": quality}
+    if sycophancy:
+        results["sycophancy"] = {name: {k: v for k, v in s.items() if k != "exchanges"} for name, s in sycophancy.items()}
+        (out_dir / "sycophancy.json").write_text(json.dumps(sycophancy, indent=2), encoding="utf-8")
     examples = [{"prompt": item.messages[-1]["content"], "base": answers["base"]["harmful"][i]["text"],
                  "trained": answers["trained"]["harmful"][i]["text"], "p_trained_better": label.p_first}
                 for i, (item, (_, label)) in enumerate(zip(harmful, comparisons, strict=True))]

@@ -120,35 +120,41 @@ class ReviewState:
             return 200, {"undone": pair_id}
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Replies, the token and Host checks; `make_handler` adds the routes."""
+
+    server_version = "cai-review"
+    token = ""
+    hosts: set[str] = set()
+
+    def log_message(self, *args: Any) -> None:  # quiet: the terminal shows the URL only
+        pass
+
+    def _reply(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
+                         "style-src 'unsafe-inline'; connect-src 'self'")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: dict[str, Any]) -> None:
+        self._reply(status, json.dumps(data, ensure_ascii=False).encode())
+
+    def _allowed(self) -> dict[str, list[str]] | None:
+        query = parse_qs(urlsplit(self.path).query)
+        given = (query.get("token") or [""])[0]
+        if self.headers.get("Host") not in self.hosts or not hmac.compare_digest(given.encode(), self.token.encode()):
+            self._json(403, {"error": "a valid token and host are required"})
+            return None
+        return query
+
+
 def make_handler(state: ReviewState, token: str, hosts: set[str], page: bytes):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "cai-review"
-
-        def log_message(self, *args: Any) -> None:  # quiet: the terminal shows the URL only
-            pass
-
-        def _reply(self, status: int, body: bytes, kind: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; "
-                             "style-src 'unsafe-inline'; connect-src 'self'")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, data: dict[str, Any]) -> None:
-            self._reply(status, json.dumps(data, ensure_ascii=False).encode())
-
-        def _allowed(self) -> dict[str, list[str]] | None:
-            query = parse_qs(urlsplit(self.path).query)
-            given = (query.get("token") or [""])[0]
-            if self.headers.get("Host") not in hosts or not hmac.compare_digest(given.encode(), token.encode()):
-                self._json(403, {"error": "a valid token and host are required"})
-                return None
-            return query
-
+    class Handler(_Handler):
         def do_GET(self) -> None:
             query = self._allowed()
             if query is None:
@@ -184,6 +190,7 @@ def make_handler(state: ReviewState, token: str, hosts: set[str], page: bytes):
                 status, data = 404, {"error": "not found"}
             self._json(status, data)
 
+    Handler.token, Handler.hosts = token, hosts
     return Handler
 
 
