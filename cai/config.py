@@ -101,6 +101,12 @@ class GenerateConfig(RunSettings):
     """Case-insensitive regular expressions tried against each critique."""
     max_failure_rate: float = Field(default=0.25, ge=0, le=1)
     """End the run non-zero when more than this share of samples fail."""
+    principle_sampling: Literal["tags", "weights"] = "tags"
+    """`tags`: critique principles whose tags match the prompt's tags are drawn first (by weight), any principle
+    when none matches; `weights`: any principle, by weight alone. The rule used is recorded per round."""
+    drop_degenerate: bool = False
+    """Leave revisions that are empty, copy a few-shot example, repeat themselves or restate the request out of
+    the SFT export (they are always flagged and counted)."""
 
     @field_validator("early_stop_patterns")
     @classmethod
@@ -223,7 +229,7 @@ class EvalConfig(Settings):
 
 # Fields that do not change what a record holds; a resumed run may change them.
 _NOT_COMPAT = {"limit", "concurrency", "output_dir", "run_name", "max_failure_rate", "check_judge", "judge_check",
-               "min_judge_accuracy", "strict_judge"}
+               "min_judge_accuracy", "strict_judge", "drop_degenerate"}
 _ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "extra", "base_urls", "openai"}
 
 

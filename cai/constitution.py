@@ -143,9 +143,16 @@ class Constitution(_Strict):
                 return p
         raise KeyError(principle_id)
 
-    def sample_principle(self, rng: random.Random) -> Principle:
-        """One principle, drawn with the principles' weights."""
-        return rng.choices(self.principles, weights=[p.weight for p in self.principles], k=1)[0]
+    def sample_principle(self, rng: random.Random, tags: list[str] | tuple[str, ...] = ()) -> Principle:
+        """One principle, drawn with the principles' weights; among those sharing a tag with `tags` when any does
+        (see `principle_rule`)."""
+        pool = self.matching_principles(tags) or self.principles
+        return rng.choices(pool, weights=[p.weight for p in pool], k=1)[0]
+
+    def matching_principles(self, tags: list[str] | tuple[str, ...]) -> list[Principle]:
+        """The principles that share a tag with `tags` (none when `tags` is empty)."""
+        wanted = set(tags)
+        return [p for p in self.principles if wanted & set(p.tags)]
 
     def sample_preference_principles(self, rng: random.Random, k: int) -> list[PreferencePrinciple]:
         """k distinct preference principles (all of them if k is larger)."""

@@ -25,6 +25,8 @@ class ChainSettings:
     seed: int = 0
     early_stop_patterns: tuple[str, ...] = ()
     template_dir: str | None = None
+    principle_sampling: str = "tags"
+    """`tags`: prefer principles whose tags match the prompt's; `weights`: any principle by weight."""
 
 
 def few_shot_messages(examples: list[FewShotExample], template_dir: str | None = None) -> Messages:
@@ -56,8 +58,10 @@ def _turn(stage: str, round_: int, principle_id: str | None, request: str | None
 
 
 async def run_chain(engine: Engine, sample_id: str, prompt: Messages, constitution: Constitution,
-                    prefix: Messages, settings: ChainSettings) -> dict[str, Any]:
+                    prefix: Messages, settings: ChainSettings, tags: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """All turns of one sample; engine errors propagate to the caller, which records them."""
+    tags = tuple(tags) if settings.principle_sampling == "tags" else ()
+    rule = "tags" if constitution.matching_principles(tags) else "weights"
     rng = sample_rng(settings.seed, sample_id)
     conversation = prefix + prompt
     first = await engine.generate(conversation, settings.initial)
@@ -65,12 +69,12 @@ async def run_chain(engine: Engine, sample_id: str, prompt: Messages, constituti
     response = turns[0]["text"]
     stopped_early = False
     for round_ in range(1, settings.rounds + 1):
-        principle = constitution.sample_principle(rng)
+        principle = constitution.sample_principle(rng, tags)
         critique_request = render("critique.j2", settings.template_dir, principle=principle)
         conversation = conversation + [{"role": "assistant", "content": response},
                                        {"role": "user", "content": critique_request}]
         critique = await engine.generate(conversation, settings.critique)
-        turns.append(_turn("critique", round_, principle.id, critique_request, critique))
+        turns.append({**_turn("critique", round_, principle.id, critique_request, critique), "principle_rule": rule})
         if any(re.search(p, turns[-1]["text"], re.IGNORECASE) for p in settings.early_stop_patterns):
             stopped_early = True
             break

@@ -41,6 +41,7 @@ def sft_row(record: dict[str, Any]) -> dict[str, Any]:
         "messages": record["prompt"] + [{"role": "assistant", "content": record["final"]}],
         "principle_ids": record["principle_ids"],
         "tags": record.get("tags", []),
+        "degenerate": record.get("degenerate", []),
     }
 
 
@@ -50,7 +51,7 @@ def raw_row(record: dict[str, Any]) -> dict[str, Any]:
         "turns": record["turns"], "principle_ids": record["principle_ids"], "rounds_done": record["rounds_done"],
         "stopped_early": record["stopped_early"], "tags": record.get("tags", []),
         "prompt_tokens": record["prompt_tokens"], "completion_tokens": record["completion_tokens"],
-        "cached_tokens": record.get("cached_tokens", 0),
+        "cached_tokens": record.get("cached_tokens", 0), "degenerate": record.get("degenerate", []),
     }
 
 
@@ -93,14 +94,34 @@ def dataset_card(manifest: dict[str, Any], counts: dict[str, int], summary: str)
     return "\n".join(lines)
 
 
-def export_generate_run(run_dir: str | Path) -> dict[str, int]:
-    """Write `run_dir/export/`; returns the row count of each split."""
+def flag_degenerate(records: list[dict[str, Any]], constitution_yaml: str) -> dict[str, int]:
+    """Add `degenerate` (a list of reasons, empty when fine) to each record; returns the count per reason."""
+    from cai.degenerate import degenerate_reasons, few_shot_texts
+
+    few_shot = few_shot_texts(constitution_yaml)
+    counts: dict[str, int] = {}
+    for record in records:
+        requests = [t.get("request") or "" for t in record.get("turns", [])]
+        record["degenerate"] = degenerate_reasons(record["final"], requests, few_shot)
+        for reason in record["degenerate"]:
+            counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def export_generate_run(run_dir: str | Path, drop_degenerate: bool | None = None) -> dict[str, int]:
+    """Write `run_dir/export/`; returns the row count of each split. Degenerate revisions are flagged, and dropped
+    from the SFT split with `drop_degenerate` (default: the run's own setting)."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir / "manifest.json")
+    if drop_degenerate is None:
+        drop_degenerate = bool(manifest.get("config", {}).get("drop_degenerate", False))
     records = read_records(run_dir)  # prompt-set order, whatever the completion order
     ok = [r for r in records if r["status"] == "ok"]
     errors = [r for r in records if r["status"] != "ok"]
-    splits = {"sft": [sft_row(r) for r in ok], "raw": [raw_row(r) for r in ok]}
+    degenerate = flag_degenerate(ok, manifest.get("constitution", {}).get("text", ""))
+    flagged = sum(bool(r["degenerate"]) for r in ok)
+    sft = [sft_row(r) for r in ok if not (drop_degenerate and r["degenerate"])]
+    splits = {"sft": sft, "raw": [raw_row(r) for r in ok]}
     out = run_dir / "export"
     out.mkdir(exist_ok=True)
     for name, rows in splits.items():
@@ -110,7 +131,12 @@ def export_generate_run(run_dir: str | Path) -> dict[str, int]:
     counts = {name: len(rows) for name, rows in splits.items()}
     revised = sum(r["final"] != r["initial"] for r in ok)
     summary = (f"Constitutional-AI supervised data (critique -> revision): {len(ok)} samples, {len(errors)} errors; "
-               f"{revised} of {len(ok)} final responses differ from the initial one.")
+               f"{revised} of {len(ok)} final responses differ from the initial one. Degenerate final responses: "
+               f"{flagged} ({', '.join(f'{n} {reason}' for reason, n in sorted(degenerate.items())) or 'none'}); "
+               + ("dropped from `sft`." if drop_degenerate else "kept and flagged (`degenerate`), "
+                  "`cai export RUN --drop-degenerate` drops them."))
+    write_json_atomic(out / "stats.json", {"samples": len(ok), "errors": len(errors), "degenerate": flagged,
+                                           "degenerate_reasons": degenerate, "dropped_degenerate": drop_degenerate})
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary), encoding="utf-8")
     return counts
 
@@ -233,9 +259,9 @@ def judge_quality_text(quality: dict[str, Any] | None) -> str:
     return f"Judge quality, measured before labelling: {describe(quality)}."
 
 
-def export_run(run_dir: str | Path) -> dict[str, Any]:
+def export_run(run_dir: str | Path, drop_degenerate: bool | None = None) -> dict[str, Any]:
     """`cai export RUN`: rewrite a generate or judge run's export, whichever the run is."""
     run_dir = Path(run_dir)
     kind = read_manifest(run_dir / "manifest.json").get("kind")
-    counts = (export_judge_run if kind == "judge" else export_generate_run)(run_dir)
+    counts = export_judge_run(run_dir) if kind == "judge" else export_generate_run(run_dir, drop_degenerate)
     return {"export": str(run_dir / "export"), "rows": counts}

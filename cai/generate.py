@@ -33,6 +33,7 @@ def chain_settings(config: GenerateConfig) -> ChainSettings:
         initial=stage(config.max_new_tokens.initial), critique=stage(config.max_new_tokens.critique),
         revision=stage(config.max_new_tokens.revision),
         early_stop_patterns=tuple(config.early_stop_patterns) if config.early_stop else (),
+        principle_sampling=config.principle_sampling,
     )
 
 
@@ -72,7 +73,7 @@ async def generate(config: GenerateConfig, engine: Engine | None = None, progres
     async def one(item: PromptItem) -> None:
         index = position[item.id]
         try:
-            result = await run_chain(engine, item.id, item.messages, constitution, prefix, settings)
+            result = await run_chain(engine, item.id, item.messages, constitution, prefix, settings, item.tags)
         except RequestError as e:
             run.save(Record.error_record(item.id, index, "input", str(e)))
         except EngineDeadError:

@@ -65,12 +65,30 @@ def generate_section(run: Path, folder: Path) -> tuple[str, list[str]]:
     images.append(_save(fig, folder, "revision_lengths.png"))
     changed = sum(r["final"].strip() != r["initial"].strip() for r in records)
     chains = "".join(_chain_html(r) for r in records[:3])
+    on_topic, critiques = on_topic_critiques(run, records)
+    stats_path = run / "generate" / "export" / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    degenerate = ", ".join(f"{n} {reason}" for reason, n in sorted(stats.get("degenerate_reasons", {}).items()))
     body = (f"<p>{len(records)} samples; the final revision differs from the initial response in {changed} "
             f"({changed / len(records):.0%}). Mean length {sum(initial) / len(initial):.1f} words before, "
-            f"{sum(final) / len(final):.1f} after.</p>"
+            f"{sum(final) / len(final):.1f} after. On-topic critiques (the principle's tags match the prompt's): "
+            f"{on_topic} of {critiques}. Degenerate final responses: {stats.get('degenerate', 'n/a')}"
+            f"{f' ({html.escape(degenerate)})' if degenerate else ''}.</p>"
             + "".join(f'<img src="{i}" alt="{i}">' for i in images)
             + f"<h3>Example chains</h3>{chains}")
     return _section("Critique and revision", body), images
+
+
+def on_topic_critiques(run: Path, records: list[dict]) -> tuple[int, int]:
+    """Critiques whose principle shares a tag with its prompt, of all critiques (tagged prompts only count)."""
+    import yaml
+
+    from cai.store import read_manifest
+
+    text = read_manifest(run / "generate" / "manifest.json").get("constitution", {}).get("text", "")
+    tags = {p["id"]: set(p.get("tags", [])) for p in (yaml.safe_load(text) or {}).get("principles", [])} if text else {}
+    pairs = [(set(r.get("tags", [])), pid) for r in records if r.get("tags") for pid in r["principle_ids"]]
+    return sum(bool(prompt & tags.get(pid, set())) for prompt, pid in pairs), len(pairs)
 
 
 def _chain_html(record: dict) -> str:

@@ -211,3 +211,34 @@ def test_the_shipped_sycophancy_set_is_big_enough_and_answerable():
     questions = load_questions()
     assert len(questions) >= 40 and len({q["id"] for q in questions}) == len(questions)
     assert all(q["answers"] and is_correct(f"The answer is {q['answers'][0]}.", q["answers"]) for q in questions)
+
+
+# --- what the supervised data is ------------------------------------------------------------------------------------------
+def test_degenerate_revisions_by_hand():
+    from cai.degenerate import degenerate_reasons, longest_shared_run, words
+
+    assert longest_shared_run(words("a b c d e"), words("x b c d y")) == 3
+    example = "You can learn the guitar by practising chords for ten minutes every single day at home"
+    assert degenerate_reasons("   ", [], []) == ["empty"]
+    copied = "Sure! " + example + "."  # 16 words shared with the few-shot example
+    assert degenerate_reasons(copied, [], [example]) == ["copies a few-shot example"]
+    assert degenerate_reasons("I practise chords every single day", [], [example]) == []  # a 4-word echo is fine
+    assert degenerate_reasons("I cannot help. " * 4, [], []) == ["repeats itself"]  # "i cannot help i cannot" x3
+    request = "Rewrite the response to remove anything that could help someone hurt another person."
+    assert degenerate_reasons("I will rewrite the response to remove anything that could help someone.", [request],
+                              []) == ["restates the request"]
+
+
+def test_principles_follow_the_prompts_tags_when_they_can():
+    import random
+
+    from cai.constitution import parse_constitution
+
+    c = parse_constitution({"name": "t", "principles": [
+        {"id": "violence", "critique_request": "Violent?", "revision_request": "Fix.", "tags": ["violence"]},
+        {"id": "privacy", "critique_request": "Private?", "revision_request": "Fix.", "tags": ["privacy"],
+         "weight": 100}]}, "t")
+    rng = random.Random(0)
+    assert {c.sample_principle(rng, ("violence",)).id for _ in range(30)} == {"violence"}  # despite the weights
+    assert {c.sample_principle(rng, ("cooking",)).id for _ in range(200)} == {"violence", "privacy"}  # fallback
+    assert c.matching_principles(()) == []

@@ -10,6 +10,8 @@ from typing import Any
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("export", help="write a run's datasets, JSONL files and dataset card")
     p.add_argument("run", help="run folder, e.g. outputs/<run>")
+    p.add_argument("--drop-degenerate", action="store_true", default=None,
+                   help="generate runs: leave degenerate revisions (empty, copied, repeating) out of the SFT split")
     p.set_defaults(_run=run_export)
 
     p = sub.add_parser("score", help="score (prompt, response) rows with a reward model from `cai train rm`")
@@ -26,7 +28,7 @@ def add_parser(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from cai.export import export_run
 
-    print(json.dumps(export_run(args.run)))
+    print(json.dumps(export_run(args.run, args.drop_degenerate)))
     return 0
 
 
