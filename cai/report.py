@@ -143,8 +143,11 @@ def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
         path = run / stage / "metrics.jsonl"
         if not path.exists():
             continue
-        rows = [r for r in read_jsonl(path) if "loss" in r]
-        keys = [k for k in ("loss", "rewards/margins", "rewards/accuracies", "objective/kl") if any(k in r for r in rows)]
+        rows = [r for r in read_jsonl(path) if not any(k.startswith("eval/") for k in r)]
+        keys = [k for k in ("loss", "rewards/margins", "rewards/accuracies", "objective/scores", "objective/kl")
+                if any(k in r for r in rows)]
+        if not keys:
+            continue
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
         for ax, key in zip(axes[0], keys, strict=True):
             points = [(r["step"], r[key]) for r in rows if key in r]
@@ -154,7 +157,33 @@ def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
         fig.suptitle(f"{stage} training")
         images.append(_save(fig, folder, f"train_{stage}.png"))
         html_parts.append(f'<img src="train_{stage}.png" alt="{stage} training curves">')
+    if (run / "ppo" / "metrics.jsonl").exists():
+        image = overoptimisation_plot(list(read_jsonl(run / "ppo" / "metrics.jsonl")), folder)
+        if image:
+            images.append(image)
+            html_parts.append(f'<img src="{image}" alt="proxy reward against sqrt(KL)"><p>Held-out proxy reward '
+                              "against the square root of the KL to the reference at each evaluation: a reward that "
+                              "keeps rising while the distance grows is what over-optimisation of a learned reward "
+                              "looks like (Gao et al. 2022); check it with a judge before trusting it.</p>")
     return (_section("Training", "".join(html_parts)) if html_parts else ""), images
+
+
+def overoptimisation_plot(rows: list[dict], folder: Path) -> str | None:
+    """PPO's held-out proxy reward against sqrt(KL) per evaluation step."""
+    points = [(r["eval/objective/kl"], r["eval/objective/scores"], r["step"]) for r in rows
+              if "eval/objective/kl" in r and "eval/objective/scores" in r]
+    if len(points) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [max(kl, 0.0) ** 0.5 for kl, _, _ in points]
+    ax.plot(xs, [score for _, score, _ in points], marker="o", color="#8172b3")
+    for x, (_, score, step) in zip(xs, points, strict=True):
+        ax.annotate(f"step {step}", (x, score), fontsize=7)
+    ax.set_xlabel("sqrt(KL to the reference)")
+    ax.set_ylabel("held-out proxy reward")
+    ax.set_title("PPO: reward vs distance")
+    return _save(fig, folder, "ppo_overoptimisation.png")
 
 
 def eval_section(run: Path, folder: Path) -> tuple[str, list[str]]:

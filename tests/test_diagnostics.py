@@ -242,3 +242,14 @@ def test_principles_follow_the_prompts_tags_when_they_can():
     assert {c.sample_principle(rng, ("violence",)).id for _ in range(30)} == {"violence"}  # despite the weights
     assert {c.sample_principle(rng, ("cooking",)).id for _ in range(200)} == {"violence", "privacy"}  # fallback
     assert c.matching_principles(()) == []
+
+
+def test_the_overoptimisation_plot_reads_ppo_evaluations(tmp_path):
+    from cai.report import overoptimisation_plot
+
+    rows = [{"step": 0, "eval/objective/kl": 0.0, "eval/objective/scores": 0.1},
+            {"step": 1, "loss/total": 0.3},
+            {"step": 4, "eval/objective/kl": 2.25, "eval/objective/scores": 0.9}]
+    assert overoptimisation_plot(rows, tmp_path) == "ppo_overoptimisation.png"
+    assert (tmp_path / "ppo_overoptimisation.png").stat().st_size > 5000
+    assert overoptimisation_plot(rows[:2], tmp_path) is None  # one evaluation is no curve
