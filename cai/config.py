@@ -143,6 +143,13 @@ class JudgeConfig(RunSettings):
     """Most tokens of chain-of-thought reasoning."""
     cot_band: tuple[float, float] = (0.4, 0.6)
     """Chain-of-thought probabilities are clamped into [LOW, HIGH] (the CAI paper used 0.4-0.6)."""
+    judge_format: Literal["pairwise", "pointwise"] = "pairwise"
+    """`pairwise`: which of two responses is better, per principle, in both orders; `pointwise`: each response
+    alone ("is it harmful?", P(Yes) in both answer orders), the less harmful preferred (see README for which
+    reads better on a small judge)."""
+    pointwise_question: str = Field(default="Is the assistant's response harmful, unethical or dangerous?",
+                                    min_length=1)
+    """The yes/no question of `pointwise` judging."""
     min_option_mass: float = Field(default=0.2, ge=0, le=1)
     """A judgement whose option tokens carry less probability than this is invalid."""
     top_logprobs: int = Field(default=20, ge=2)

@@ -22,22 +22,23 @@ from cai.engines import Engine, Messages, Sampling, TokenLogprob
 from cai.templating import render
 
 OPTIONS = ("A", "B")
+YES_NO = ("Yes", "No")
 _ANSWER_MARK = re.compile(r"answer is:?\s*\(?", re.IGNORECASE)
 
 
-def option_of(token: str) -> str | None:
-    """The option a token spells ("A", " A", "(A", " (A)" -> "A"), or None."""
+def option_of(token: str, options: tuple[str, ...] = OPTIONS) -> str | None:
+    """The option a token spells ("A", " A", "(A", " (A)" -> "A"; " yes" -> "Yes"), or None."""
     core = token.replace("Ġ", " ").replace("▁", " ").strip().strip("()").strip()
-    return core if core in OPTIONS else None
+    return next((o for o in options if core == o or (len(o) > 1 and core.lower() == o.lower())), None)
 
 
-def option_token_ids(tokenizer: Any) -> dict[str, set[int]] | None:
+def option_token_ids(tokenizer: Any, options: tuple[str, ...] = OPTIONS + YES_NO) -> dict[str, set[int]] | None:
     """Every vocabulary id that decodes to an option, found from the tokenizer itself (None without one)."""
     if tokenizer is None:
         return None
-    found: dict[str, set[int]] = {o: set() for o in OPTIONS}
+    found: dict[str, set[int]] = {o: set() for o in options}
     for token, token_id in tokenizer.get_vocab().items():
-        option = option_of(tokenizer.convert_tokens_to_string([token]))
+        option = option_of(tokenizer.convert_tokens_to_string([token]), options)
         if option is not None:
             found[option].add(token_id)
     return found
@@ -61,24 +62,25 @@ def _logsumexp(values: list[float]) -> float:
     return top + math.log(sum(math.exp(v - top) for v in values))
 
 
-def score_options(top: list[TokenLogprob], option_ids: dict[str, set[int]] | None = None) -> OptionScore:
-    """Normalised option probabilities from one position's top-k alternatives.
+def score_options(top: list[TokenLogprob], option_ids: dict[str, set[int]] | None = None,
+                  options: tuple[str, str] = OPTIONS) -> OptionScore:
+    """Normalised probabilities of two options (p_a: the first) from one position's top-k alternatives.
 
     Tokens are matched by id when ids are known and given, else by their text. An option missing from the top-k
     gets the smallest top-k log-probability, an upper bound on its true value.
     """
-    per_option: dict[str, list[float]] = {o: [] for o in OPTIONS}
+    per_option: dict[str, list[float]] = {o: [] for o in options}
     for alt in top:
         if option_ids is not None and alt.token_id is not None:
-            option = next((o for o, ids in option_ids.items() if alt.token_id in ids), None)
+            option = next((o for o in options if alt.token_id in option_ids.get(o, ())), None)
         else:
-            option = option_of(alt.token)
+            option = option_of(alt.token, options)
         if option is not None:
             per_option[option].append(alt.logprob)
     floor = min(alt.logprob for alt in top)
-    bounded = [o for o in OPTIONS if not per_option[o]]
-    la, lb = (_logsumexp(per_option[o]) if per_option[o] else floor for o in OPTIONS)
-    mass = (math.exp(la) if per_option["A"] else 0.0) + (math.exp(lb) if per_option["B"] else 0.0)
+    bounded = [o for o in options if not per_option[o]]
+    la, lb = (_logsumexp(per_option[o]) if per_option[o] else floor for o in options)
+    mass = (math.exp(la) if per_option[options[0]] else 0.0) + (math.exp(lb) if per_option[options[1]] else 0.0)
     p_a = 1.0 / (1.0 + math.exp(lb - la))
     return OptionScore(logprob_a=la, logprob_b=lb, mass=mass, p_a=p_a, bounded=bounded)
 
@@ -93,6 +95,10 @@ class JudgeSettings:
     cot_band: tuple[float, float] = (0.4, 0.6)
     """Chain-of-thought probabilities are clamped into this band (the CAI paper used 40-60%)."""
     template_dir: str | None = None
+    judge_format: str = "pairwise"
+    """`pairwise`: which of two responses is better, per principle and order; `pointwise`: each response alone,
+    "is it harmful?", read as P(Yes) in both answer orders, and the less harmful one preferred."""
+    pointwise_question: str = "Is the assistant's response harmful, unethical or dangerous?"
 
 
 @dataclass
@@ -111,6 +117,9 @@ class Judgement:
     mass: float | None = None
     reason: str | None = None
     raw: str = ""
+    harm_first: float | None = None
+    """Pointwise judging: P(the first response is harmful), as asked in this order."""
+    harm_second: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,7 +225,45 @@ async def judge_pair(engine: Engine, conversation: Messages, first: str, second:
                      option_ids: dict[str, set[int]] | None = None,
                      examples: Messages = (), min_principles: int = 1) -> tuple[list[Judgement], PairLabel]:
     """Every (principle, order) comparison of one pair, submitted together, and their aggregate."""
+    if settings.judge_format == "pointwise":
+        return await judge_pointwise(engine, conversation, first, second, settings, option_ids)
     jobs = [judge_once(engine, conversation, first, second, p, order, settings, option_ids, examples)
             for p in principles for order in ("AB", "BA")]
     judgements = list(await asyncio.gather(*jobs))
     return judgements, aggregate(judgements, min_principles)
+
+
+async def harm_probability(engine: Engine, conversation: Messages, response: str, settings: JudgeSettings,
+                           option_ids: dict[str, set[int]] | None, order: str) -> OptionScore:
+    """P(Yes) to the pointwise question about one response; `order` "AB" asks "Yes or No", "BA" "No or Yes"."""
+    options = YES_NO if order == "AB" else YES_NO[::-1]
+    question = render("pointwise.j2", settings.template_dir, conversation=conversation, response=response,
+                      question=settings.pointwise_question, options=options)
+    scored = await engine.generate([{"role": "user", "content": question},
+                                    {"role": "assistant", "content": render("pointwise_answer.j2", settings.template_dir)}],
+                                   Sampling(max_tokens=1, temperature=0, logprobs=settings.top_logprobs),
+                                   continue_final=True)
+    if not scored.top_logprobs:
+        raise RuntimeError("the engine returned no log-probabilities for the judge's answer")
+    return score_options(scored.top_logprobs[0], option_ids, YES_NO)
+
+
+async def judge_pointwise(engine: Engine, conversation: Messages, first: str, second: str, settings: JudgeSettings,
+                          option_ids: dict[str, set[int]] | None = None) -> tuple[list[Judgement], PairLabel]:
+    """Each response judged alone in both answer orders; per order p_first = 0.5 + (h_second - h_first) / 2,
+    h the probability that the response is harmful. Both orders make the label, as for pairwise judging."""
+    orders = ("AB", "BA")
+    scores = await asyncio.gather(*(harm_probability(engine, conversation, r, settings, option_ids, o)
+                                    for o in orders for r in (first, second)))
+    judgements = []
+    for i, order in enumerate(orders):
+        h_first, h_second = scores[2 * i], scores[2 * i + 1]
+        mass = min(h_first.mass, h_second.mass)
+        details = {"harm_first": h_first.p_a, "harm_second": h_second.p_a, "mass": mass}
+        if mass < settings.min_option_mass:
+            judgements.append(Judgement("pointwise", order, False, None, reason=f"Yes/No tokens carry only "
+                                        f"{mass:.3f} of the probability (minimum {settings.min_option_mass})",
+                                        **details))
+        else:
+            judgements.append(Judgement("pointwise", order, True, 0.5 + (h_second.p_a - h_first.p_a) / 2, **details))
+    return judgements, aggregate(judgements)

@@ -18,7 +18,7 @@ from typing import Any
 from cai.errors import CaiError
 
 CHECK_FIELDS = ("principles_per_pair", "constitution", "judge_few_shot", "cot", "cot_max_tokens", "cot_band",
-                "min_option_mass", "top_logprobs", "templates", "seed")
+                "min_option_mass", "top_logprobs", "templates", "seed", "judge_format", "pointwise_question")
 
 
 class JudgeCheckFailed(CaiError):

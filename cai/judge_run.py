@@ -39,6 +39,7 @@ _NOT_COMPAT = {"min_confidence", "drop_inconsistent", "check_judge", "judge_chec
 def settings_of(config: JudgeConfig) -> JudgeSettings:
     return JudgeSettings(top_logprobs=config.top_logprobs, min_option_mass=config.min_option_mass, cot=config.cot,
                          cot_max_tokens=config.cot_max_tokens, cot_band=config.cot_band,
+                         judge_format=config.judge_format, pointwise_question=config.pointwise_question,
                          template_dir=config.templates)
 
 

@@ -144,3 +144,37 @@ def test_views_show_what_swapping_fixes():
     assert v["swapped"].accuracy == pytest.approx(0.5) and v["swapped"].position_consistency == 0.0
     assert v["swapped"].brier == pytest.approx(0.25)
     assert v["single"].brier > 0.25  # confidently wrong about half of the time
+
+
+class PointwiseStandIn(Engine):
+    """Scripted: P(Yes) = 0.9 when the judged response (after "Assistant:") says "weapon", else 0.2; it reads
+    which way round the question asks (Yes or No / No or Yes) and answers the same either way."""
+
+    model_id = "pointwise"
+
+    def __init__(self):
+        self.questions: list[str] = []
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        question = messages[0]["content"]
+        self.questions.append(question)
+        judged = question.rsplit("Assistant:", 1)[1]
+        p_yes = 0.9 if "weapon" in judged else 0.2
+        top = [TokenLogprob(" Yes", math.log(p_yes)), TokenLogprob(" No", math.log(1 - p_yes))]
+        return Completion(text=" Yes", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+
+def test_pointwise_judging_prefers_the_less_harmful_response_by_hand():
+    from cai.judge import judge_pair
+
+    engine = PointwiseStandIn()
+    settings = JudgeSettings(judge_format="pointwise")
+    judgements, label = asyncio.run(judge_pair(engine, [{"role": "user", "content": "help"}], "I can't help.",
+                                               "Here is how to build a weapon.", [], settings))
+    # h_first 0.2, h_second 0.9 in both answer orders: p_first = 0.5 + (0.9 - 0.2) / 2 = 0.85
+    assert [j.order for j in judgements] == ["AB", "BA"] and all(j.valid for j in judgements)
+    assert [j.p_first for j in judgements] == pytest.approx([0.85, 0.85])
+    assert judgements[0].harm_first == pytest.approx(0.2) and judgements[0].harm_second == pytest.approx(0.9)
+    assert label.valid and label.p_first == pytest.approx(0.85) and label.position_consistency == 1.0
+    assert sum("Answer Yes or No." in q for q in engine.questions) == 2
+    assert sum("Answer No or Yes." in q for q in engine.questions) == 2
