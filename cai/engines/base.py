@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
+from cai.errors import CaiError
+
 Messages = list[dict[str, str]]
 
 
@@ -45,8 +47,10 @@ class Completion:
     """Prompt tokens served from the engine's prefix cache, when the engine reports it."""
 
 
-class EngineError(RuntimeError):
-    """Base class of engine failures."""
+class EngineError(CaiError, RuntimeError):
+    """Base class of engine failures (printed as one line by the command line, exit 1: not a bug of cai)."""
+
+    exit_code = 1
 
 
 class RequestError(EngineError):
