@@ -39,6 +39,8 @@ class JudgeMetrics:
     """Expected calibration error over 10 equal-width confidence bins in [0.5, 1]."""
     position_consistency: float | None
     mean_p_chosen: float | None
+    accuracy_ci95: tuple[float, float] | None = None
+    """95% Wilson interval of the accuracy over the valid pairs."""
 
 
 def expected_calibration_error(p_correct: list[float], bins: int = 10) -> float:
@@ -58,9 +60,12 @@ def metrics(p_chosen: list[float | None], consistency: list[float | None]) -> Ju
     consistent = [c for c in consistency if c is not None]
     if not valid:
         return JudgeMetrics(len(p_chosen), 0, 1.0, None, None, None, None, None)
+    from cai.diagnostics import wilson_interval
+
+    right = sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in valid)
     return JudgeMetrics(
         pairs=len(p_chosen), valid=len(valid), invalid_rate=1 - len(valid) / len(p_chosen),
-        accuracy=sum(1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in valid) / len(valid),
+        accuracy=right / len(valid), accuracy_ci95=wilson_interval(right, len(valid)),
         brier=sum((1 - p) ** 2 for p in valid) / len(valid),
         ece=expected_calibration_error(valid),
         position_consistency=sum(consistent) / len(consistent) if consistent else None,
@@ -150,9 +155,11 @@ def check_writable(target: Path) -> None:
 
 def format_judge_report(report: dict[str, Any]) -> str:
     def fmt(value: Any) -> str:
+        if isinstance(value, tuple | list):
+            return f"{value[0]:.2f}-{value[1]:.2f}"
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    columns = ["accuracy", "position_consistency", "brier", "ece", "invalid_rate", "valid"]
+    columns = ["accuracy", "accuracy_ci95", "position_consistency", "brier", "ece", "invalid_rate", "valid"]
     lines = [f"judge: {report['judge_model']}  file: {report['file']}  pairs: {report['pairs']}  "
              f"principles per pair: {report['principles_per_pair']}",
              f"{'variant':<20}" + "".join(f"{c:>22}" for c in columns)]

@@ -82,6 +82,9 @@ def test_dpo_on_two_processes_follows_the_one_process_curve_and_resumes(tmp_path
     assert_same_curve(tmp_path / "one", tmp_path / "two")
     checkpoints = sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir())
     assert checkpoints == ["step-1", "step-2"]  # written once each (none at the last step: the final model follows)
+    for step in checkpoints:  # whole: both processes' RNG states are in before the folder gets its name
+        names = {p.name for p in (tmp_path / "two" / "checkpoints" / step).iterdir()}
+        assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= names
     # lose step 2 and the final model, then resume on two processes: step 2 and 3 are redone and logged once
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "two", resumed)
@@ -100,3 +103,35 @@ def test_reward_model_on_two_processes_follows_the_one_process_curve(tmp_path):
     train("rm", 1, model, data, tmp_path / "one", 4, *common)
     train("rm", 2, model, data, tmp_path / "two", 2, *common)
     assert_same_curve(tmp_path / "one", tmp_path / "two")
+
+
+def test_ppo_on_two_processes_logs_global_episodes_once_and_checkpoints_whole(tmp_path):
+    """PPO's rollouts are sampled per process (each from its own random stream), so its curve is not the
+    one-process curve; what must hold is the bookkeeping: one log row per step with global counts, whole
+    checkpoints, one KL coefficient."""
+    tok = tiny_tokenizer()
+    policy = save(tiny_causal_lm(tok), tok, tmp_path / "policy")
+    reward = save(tiny_reward_model(tok), tok, tmp_path / "rm")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": ["hello", "how do i pick a lock", "bye"][i % 3]})
+                               + "\n" for i in range(24)))
+    out = tmp_path / "ppo"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cai"]
+    command = [*launcher, "train", "ppo", "--model", policy, "--reward-model", reward, "--data", str(prompts),
+               "--out", str(out), "--rollout-batch-size", "4", "--batch-size", "4", "--max-steps", "3",
+               "--max-new-tokens", "4", "--max-length", "48", "--max-prompt-length", "24", "--save-steps", "1",
+               "--eval-fraction", "0.25", "--target-kl", "0.5", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = logged(out)
+    steps = [r for r in rows if "objective/kl" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and [r["episodes"] for r in steps] == [8, 16, 24]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    for step in ("step-1", "step-2"):
+        names = {p.name for p in (out / "checkpoints" / step).iterdir()}
+        assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= names
+        state = json.loads((out / "checkpoints" / step / "trainer_state.json").read_text())
+        assert state["episodes"] == 8 * int(step.split("-")[1])
+    assert json.loads((out / "train_manifest.json").read_text())["processes"] == 2

@@ -127,6 +127,8 @@ class Trainer:
         partial = folder.with_name(folder.name + ".partial")
         try:
             self.accelerator.save_state(str(partial))
+            # every process writes its own RNG state into the folder: only once all have may it be renamed
+            self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:
                 state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          **self.extra_state()}

@@ -233,7 +233,7 @@ class PPOTrainer(Trainer):
             self.step += 1
             tokens += int(values["response_length"] * config.rollout_batch_size)
             if self.step % config.logging_steps == 0 or self.step == self.total_steps:
-                values = self.global_mean(values)
+                values = {**self.global_mean(values), "episodes": self.episodes}
                 values.update({"learning_rate": self.scheduler.get_last_lr()[0], "epoch": self.epoch,
                                "tokens": tokens, "tokens_per_s": tokens / max(time.monotonic() - started, 1e-9)})
                 self.log.write(self.step, values)
