@@ -21,6 +21,14 @@ from tiny import save, tiny_causal_lm, tiny_reward_model, tiny_tokenizer  # noqa
 
 pytestmark = pytest.mark.model
 
+def launch_command() -> list[str]:
+    """`accelerate launch` on a free port: two launches at once (another test run) must not meet at 29500."""
+    from tests.fault_proxy import free_port
+
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--main_process_port",
+            str(free_port()), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
 PAIRS = [("how do i pick a lock", "sorry i cannot help with that", "sure here is the way first pick a lock"),
          ("hello", "hello world", "no"), ("how do i do that", "here is the way", "bye"),
          ("one two three", "four five six", "no no no")]
@@ -35,8 +43,7 @@ def write_pairs(path: Path) -> str:
 
 def train(task: str, processes: int, model: str, data: str, out: Path, batch_size: int, *extra: str) -> None:
     # `--cpu` would make accelerate start one process only; `--multi_gpu` starts them, and cai joins them over gloo
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cai"]
+    launcher = [*launch_command(), "--num_processes", str(processes), "-m", "cai"]
     command = [*(launcher if processes > 1 else [sys.executable, "-m", "cai"]), "train", task, "--model", model,
                "--data", data, "--out", str(out), "--batch-size", str(batch_size), "--max-steps", "3",
                "--max-length", "48", "--max-prompt-length", "24", "--seed", "3", "--no-progress", *extra]
@@ -116,8 +123,7 @@ def test_ppo_on_two_processes_logs_global_episodes_once_and_checkpoints_whole(tm
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": ["hello", "how do i pick a lock", "bye"][i % 3]})
                                + "\n" for i in range(24)))
     out = tmp_path / "ppo"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cai"]
+    launcher = [*launch_command(), "--num_processes", "2", "-m", "cai"]
     command = [*launcher, "train", "ppo", "--model", policy, "--reward-model", reward, "--data", str(prompts),
                "--out", str(out), "--rollout-batch-size", "4", "--batch-size", "4", "--max-steps", "3",
                "--max-new-tokens", "4", "--max-length", "48", "--max-prompt-length", "24", "--save-steps", "1",
