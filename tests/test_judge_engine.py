@@ -204,4 +204,4 @@ def test_a_failed_write_ends_the_judge_run_clearly_and_a_rerun_finishes(small_ge
     monkeypatch.setattr(JsonlLog, "_write_line", original)
     loop.run_until_complete(judge_run(config, engine=engine, progress=False))
     final = list(read_jsonl(records))
-    assert final[:2] == kept and len(final) == len({r["id"] for r in final}) > 3
+    assert final[:2] == kept and len(final) == len({r["id"] for r in final}) >= 3  # 2 kept, the rest redone

@@ -135,7 +135,7 @@ def test_judge_survives_20_random_sigkills(generate_command, vllm_server, tmp_pa
     assert sum(h["killed"] for h in history) == KILLS
     assert any(h["killed"] and h["records_after"] > h["records_before"] for h in history)
     final = [json.loads(line) for line in (tmp_path / "killed" / "records.jsonl").read_bytes().splitlines()]
-    assert len(final) == len({r["id"] for r in final}) == pairs >= PROMPTS // 2
+    assert len(final) == len({r["id"] for r in final}) == pairs >= 3  # revisions that differ (model output decides)
 
     def labels(run):
         return {r["prompt"][-1]["content"]: (r["chosen"], r["rejected"], r["p_chosen"])
