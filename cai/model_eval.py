@@ -21,7 +21,7 @@ from typing import Any
 
 from cai.config import EvalConfig
 from cai.constitution import load_constitution, sample_rng
-from cai.diagnostics import length_controlled_win_rate
+from cai.diagnostics import MIN_CONSISTENCY, length_controlled_win_rate
 from cai.engines import Engine, EngineConfig, Sampling, create_engine, is_embedded_default
 from cai.inputs import PromptItem, load_prompts
 from cai.judge import JudgeSettings, judge_pair, option_token_ids, score_options
@@ -139,7 +139,9 @@ def summarise(config: EvalConfig, judge_id: str, comparisons: list, refusals: di
         "over_refusal": {},
         "mean_length_tokens": {},
     }
-    trusted = judge_passed is True
+    # hard readings only from a judge that passed its check and that, here, mostly agrees with itself across orders
+    consistency = results["harmlessness"]["position_consistency"]
+    trusted = judge_passed is True and (consistency is None or consistency >= MIN_CONSISTENCY)
     for name in ("base", "trained"):
         marked = [p for p in refusals[name] if p is not None]
         results["over_refusal"][name] = {

@@ -52,10 +52,10 @@ def test_the_quickstart_recipe_runs_end_to_end(finished_run, engine, loop):
         refusal = results["over_refusal"][name]
         assert refusal["prompts"] == 4 and refusal["valid"] <= 4
         quality = results["judge_quality"]
-        if quality["passed"]:
+        if quality["passed"] and harm["position_consistency"] >= 0.5:
             assert refusal["refusal_rate"] is None or 0 <= refusal["refusal_rate"] <= 1
         else:
-            assert refusal["refusal_rate"] == "n/a"  # no hard reading of a judge that failed its check
+            assert refusal["refusal_rate"] == "n/a"  # no hard reading of a judge that failed or is position-biased
         assert refusal["ci95"][0] <= refusal["mean_p_refusal"] <= refusal["ci95"][1]
         assert 1 <= results["mean_length_tokens"][name] <= 24
     # the judge was measured before it labelled: the same check (one cache entry) serves the judge and eval stages
