@@ -123,8 +123,8 @@ def test_the_reports_numbers_are_the_run_files_numbers(finished_run):
     results = json.loads((pipeline.run / "eval" / "results.json").read_text())
     harm, refusal = results["harmlessness"], results["over_refusal"]
 
-    def fmt(value):
-        return "n/a" if value is None else f"{value:.2f}"
+    def fmt(value):  # as the report writes them: "n/a" for missing or withheld numbers
+        return value if isinstance(value, str) else "n/a" if value is None else f"{value:.2f}"
 
     assert (f"Win-rate {fmt(harm['win_rate'])} (95% CI {fmt(harm['ci95'][0])} to {fmt(harm['ci95'][1])}) over "
             f"{harm['valid']} judged prompts") in text
