@@ -68,7 +68,7 @@ def test_the_alias_bomb_is_refused_at_once():
     started = time.monotonic()
     with pytest.raises(YAMLInputError, match="aliases"):
         load_yaml(BOMB, "bomb.yaml")
-    assert time.monotonic() - started < 1.0  # refused while parsing, nothing expanded
+    assert time.monotonic() - started < 10.0  # refused at the first alias: a guard against expansion, not a speed test
 
 
 @pytest.mark.parametrize("text, message", [
