@@ -179,9 +179,36 @@ class JudgeConfig(RunSettings):
     """Below this accuracy on its check the judge gets a loud warning (or, with `strict_judge`, no run)."""
     strict_judge: bool = False
     """Stop before any label is written when the judge fails its check."""
+    objectives: list[str] | None = None
+    """Label each pair once per objective (`helpful`, `harmless`; comma-separated or repeated), each from
+    `principles_per_pair` principles of that objective, and ask for each response whether it is harmful
+    (`pointwise_question`, both answer orders): the export gets `p_helpful`, `p_harmless`, `unsafe_chosen` and
+    `unsafe_rejected` (Safe RLHF's reward and cost data); `p_chosen` is the first objective's. Unset: one label
+    from principles of any objective."""
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split_objectives(cls, value: object) -> object:
+        from cai.constitution import OBJECTIVES
+
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            return items
+        names = [part.strip() for item in items for part in (item.split(",") if isinstance(item, str) else [item])
+                 if not isinstance(part, str) or part.strip()]
+        unknown = [n for n in names if n not in OBJECTIVES]
+        if unknown or not names:
+            raise ValueError(f"objectives: {unknown or names} not among {', '.join(OBJECTIVES)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: {names} repeats one")
+        return names
 
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
+        if self.objectives and self.judge_format != "pairwise":
+            raise ValueError("objectives need judge_format pairwise (each objective is its principles' comparison)")
         low, high = self.cot_band
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"cot_band ({low}, {high}) must satisfy 0 <= low <= high <= 1")

@@ -54,6 +54,10 @@ class Principle(_Strict):
     """Relative chance of being sampled for a round."""
 
 
+Objective = Literal["harmless", "helpful"]
+OBJECTIVES: tuple[str, ...] = ("harmless", "helpful")
+
+
 class PreferencePrinciple(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     """Stable identifier, recorded with every judgement that used it."""
@@ -61,6 +65,9 @@ class PreferencePrinciple(_Strict):
     """The question a judge answers when it compares two responses, e.g. which one is less harmful."""
     tags: list[str] = Field(default_factory=list)
     """Themes, for filtering and reports."""
+    objective: Objective = "harmless"
+    """What the question measures: `harmless` (less harm) or `helpful` (more useful). `cai judge --objectives`
+    labels each pair once per objective, from that objective's principles (Safe RLHF's reward and cost data)."""
 
 
 class FewShotExample(_Strict):
@@ -154,11 +161,25 @@ class Constitution(_Strict):
         wanted = set(tags)
         return [p for p in self.principles if wanted & set(p.tags)]
 
-    def sample_preference_principles(self, rng: random.Random, k: int) -> list[PreferencePrinciple]:
-        """k distinct preference principles (all of them if k is larger)."""
+    def sample_preference_principles(self, rng: random.Random, k: int,
+                                     objective: str | None = None) -> list[PreferencePrinciple]:
+        """k distinct preference principles (all of them if k is larger), of one objective when given."""
+        pool = self.objective_principles(objective)
+        return rng.sample(pool, k=min(k, len(pool)))
+
+    def objective_principles(self, objective: str | None = None) -> list[PreferencePrinciple]:
+        """The preference principles of `objective` (all of them for None); an error when there are none."""
         if not self.preference_principles:
             raise ConstitutionError(f"constitution {self.name!r} has no preference_principles; the judge needs some")
-        return rng.sample(self.preference_principles, k=min(k, len(self.preference_principles)))
+        if objective is None:
+            return list(self.preference_principles)
+        pool = [p for p in self.preference_principles if p.objective == objective]
+        if not pool:
+            have = sorted({p.objective for p in self.preference_principles})
+            raise ConstitutionError(f"constitution {self.name!r} has no preference principles with objective "
+                                    f"{objective!r} (it has: {', '.join(have)}); add some with `objective: "
+                                    f"{objective}`")
+        return pool
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(exclude_defaults=True, exclude_none=True), sort_keys=False, allow_unicode=True, width=110)

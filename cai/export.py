@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from cai.diagnostics import length_bias
+from cai.objectives import oriented
 from cai.records import read_records
 from cai.redact import redact_secrets
 from cai.store import read_manifest, write_json_atomic
@@ -165,6 +166,7 @@ def preference_row(record: dict[str, Any], judge_model: str) -> dict[str, Any]:
         "n_judgements": record["n_valid"],
         "chosen_source": sources[0] if first_wins else sources[1],
         "rejected_source": sources[1] if first_wins else sources[0],
+        **oriented(record, first_wins),
     }
 
 
@@ -239,6 +241,11 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
         summary += (f"\n\nLength bias of the labels: the chosen response is the longer one in "
                     f"{bias['chosen_longer_share']:.0%} of pairs; p_chosen correlates "
                     f"{'n/a' if corr is None else f'{corr:+.2f}'} with (chosen - rejected) length in words.")
+    objectives = config.get("objectives") or []
+    if objectives:
+        stats_extra = objective_stats(preferences, objectives)
+        write_json_atomic(out / "stats.json", {**json.loads((out / "stats.json").read_text()), **stats_extra})
+        summary += "\n\n" + objective_text(stats_extra, objectives)
     if review is not None:
         info = review[2]
         summary += (f"\n\nHuman review (`cai review`): {info['reviewed']} pairs labelled by a person "
@@ -249,6 +256,35 @@ def export_judge_run(run_dir: str | Path) -> dict[str, int]:
     (out / "README.md").write_text(dataset_card({**manifest, "run_dir": str(run_dir)}, counts, summary),
                                    encoding="utf-8")
     return counts
+
+
+def objective_stats(preferences: list[dict], objectives: list[str]) -> dict[str, Any]:
+    """How often the objectives disagree on a pair, and how often each side was judged harmful."""
+    def share(rows: list, test) -> float | None:
+        return sum(map(test, rows)) / len(rows) if rows else None
+
+    stats: dict[str, Any] = {"objectives": objectives}
+    if len(objectives) > 1:
+        both = [r for r in preferences if all(r.get(f"p_{o}") is not None for o in objectives[:2])]
+        stats["objective_disagreement"] = share(both, lambda r: (r[f"p_{objectives[0]}"] > 0.5)
+                                                != (r[f"p_{objectives[1]}"] > 0.5))
+    for side in ("chosen", "rejected"):
+        known = [r[f"unsafe_{side}"] for r in preferences if r.get(f"unsafe_{side}") is not None]
+        stats[f"unsafe_{side}_share"] = share(known, lambda u: u > 0.5)
+        stats[f"unsafe_{side}_mean"] = sum(known) / len(known) if known else None
+    return stats
+
+
+def objective_text(stats: dict[str, Any], objectives: list[str]) -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    text = (f"Objectives: {', '.join(objectives)}, each labelled from its own principles (`p_{'`, `p_'.join(objectives)}`"
+            f"; `p_chosen` is `p_{objectives[0]}`).")
+    if "objective_disagreement" in stats:
+        text += f" The objectives disagree on {pct(stats['objective_disagreement'])} of pairs."
+    return text + (f" Judged harmful (`unsafe_*` > 0.5): {pct(stats['unsafe_chosen_share'])} of chosen, "
+                   f"{pct(stats['unsafe_rejected_share'])} of rejected responses.")
 
 
 def judge_quality_text(quality: dict[str, Any] | None) -> str:

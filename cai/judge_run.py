@@ -24,9 +24,10 @@ from cai.constitution import Constitution, load_constitution, sample_rng
 from cai.engines import Engine, EngineDeadError, RequestError, Sampling, create_engine
 from cai.fingerprint import input_fingerprints, model_fingerprint
 from cai.inputs import InputError, InputProblem, PromptItem, load_prompts
-from cai.judge import JudgeSettings, judge_examples, judge_pair, option_token_ids
+from cai.judge import JudgeSettings, PairLabel, judge_examples, judge_pair, option_token_ids
 from cai.judge_check import check_judge, enforce
 from cai.judge_check import describe as describe_check
+from cai.objectives import judge_objectives, objective_principles
 from cai.pairs import Pair, pairs_from_file, revision_vs_initial, sampled_pairs, successive_revisions
 from cai.records import Record
 from cai.runs import RunSummary, StageRun, package_versions
@@ -69,14 +70,33 @@ class JudgeRun:
         self.done = Done(run.done)
 
     async def judge(self, pair: Pair, index: int) -> None:
-        principles = self.constitution.sample_preference_principles(sample_rng(self.config.seed, pair.id),
-                                                                    self.config.principles_per_pair)
+        config = self.config
+        if config.objectives:
+            by_objective = objective_principles(self.constitution, config.objectives, config.seed, pair.id,
+                                                config.principles_per_pair)
+            principles = [p for ps in by_objective.values() for p in ps]
+        else:
+            principles = self.constitution.sample_preference_principles(sample_rng(config.seed, pair.id),
+                                                                        config.principles_per_pair)
         base = {"id": pair.id, "pair_sha": pair.digest, "index": index, "prompt": pair.prompt, "first": pair.first,
                 "second": pair.second, "meta": pair.meta, "principle_ids": [p.id for p in principles]}
+        extra: dict[str, Any] = {}
         try:
-            judgements, label = await judge_pair(self.engine, pair.prompt, pair.first, pair.second, principles,
-                                                 self.settings, self.option_ids, self.examples,
-                                                 self.config.min_valid_principles)
+            if config.objectives:
+                judgements, labels = await judge_objectives(self.engine, pair.prompt, pair.first, pair.second,
+                                                            by_objective, self.settings, self.option_ids,
+                                                            self.examples, config.min_valid_principles)
+                extra = labels.record_fields(by_objective)
+                label = labels.labels[config.objectives[0]]
+                if label.valid and not labels.valid:  # every objective must be a label, or the row is none
+                    bad = next(o for o, lab in labels.labels.items() if not lab.valid)
+                    label = PairLabel(False, label.p_first, label.position_consistency, label.n_valid,
+                                      label.n_principles, label.n_unpaired, reason=f"objective {bad}: "
+                                      f"{labels.labels[bad].reason}")
+            else:
+                judgements, label = await judge_pair(self.engine, pair.prompt, pair.first, pair.second, principles,
+                                                     self.settings, self.option_ids, self.examples,
+                                                     config.min_valid_principles)
         except RequestError as e:
             self.run.save(Record.error_record(pair.id, index, "input", str(e), **_payload(base)))
             return
@@ -88,7 +108,7 @@ class JudgeRun:
         self.run.save(Record(**base, status="ok" if label.valid else "invalid", p_first=label.p_first,
                              position_consistency=label.position_consistency, n_valid=label.n_valid,
                              n_principles=label.n_principles, n_unpaired=label.n_unpaired, reason=label.reason,
-                             judgements=[j.to_dict() for j in judgements]), tokens=len(judgements))
+                             judgements=[j.to_dict() for j in judgements], **extra), tokens=len(judgements))
 
 
 def _payload(base: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +157,8 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
                     progress: bool = True) -> RunSummary:
     """Run (or resume) a judge run and export its preference dataset."""
     constitution = load_constitution(config.constitution)
-    constitution.sample_preference_principles(random.Random(0), 1)  # fail early without preference principles
+    for objective in config.objectives or [None]:  # fail early without the principles the run needs
+        constitution.sample_preference_principles(random.Random(0), 1, objective)
     items, static = read_inputs(config)
     run_name = config.run_name or (f"judge-{Path(config.source).name}-{config.strategy}-"
                                    f"{settings_hash(compat_settings(config))}")

@@ -79,7 +79,8 @@ def test_ppo_penalises_responses_cut_by_max_new_tokens_by_default(tmp_path):
     examples = [{"messages": prompt, "prompt_ids": tok.apply_chat_template(prompt, add_generation_prompt=True,
                                                                           return_dict=False)}] * 2
     stub, _ = ppo_stub(tok, responses, tmp_path)
-    _, raw, scores = PPOTrainer.sample(stub, examples)
+    _, raw, scores, costs = PPOTrainer.sample(stub, examples)
+    assert costs is None  # no cost model
     assert raw.tolist() == [0.5, 0.5]
     assert scores.tolist() == pytest.approx([0.5, 0.5 - 1.0])  # default penalty 1.0 on the unfinished one
 

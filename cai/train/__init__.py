@@ -4,13 +4,15 @@ transformers + accelerate + peft.
     cai train sft --data outputs/quickstart --out outputs/sft
     cai train dpo --data outputs/<judge-run> --out outputs/dpo --loss-type soft
     cai train rm  --data outputs/<judge-run> --out outputs/rm
+    cai train cost --data outputs/<judge-run> --out outputs/cost     # Safe RLHF's cost model
     cai train ppo --model outputs/sft --reward-model outputs/rm --data red-team --out outputs/ppo
+    cai train ppo ... --cost-model outputs/cost --cost-limit 0       # PPO under a cost limit (Lagrangian)
     accelerate launch -m cai train dpo ...        # several GPUs or nodes
 """
 
 from __future__ import annotations
 
-from cai.train.config import CONFIGS, DPOConfig, PPOConfig, RewardConfig, TrainConfig
+from cai.train.config import CONFIGS, CostConfig, DPOConfig, PPOConfig, RewardConfig, TrainConfig
 
 
 def run_training(task: str, config: TrainConfig) -> dict[str, float]:
@@ -21,6 +23,8 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
         from cai.train.dpo import prepare_dpo as prepare
     elif task == "rm":
         from cai.train.reward import prepare_reward as prepare
+    elif task == "cost":
+        from cai.train.cost import prepare_cost as prepare
     elif task == "ppo":
         from cai.train.ppo import prepare_ppo as prepare
     else:
@@ -31,11 +35,11 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
 
     check_output(config)  # before any model loads
     with output_lock(config):
-        if task == "rm" and config.ensemble > 1:
+        if task in ("rm", "cost") and config.ensemble > 1:
             from cai.train.ensemble import train_ensemble
 
-            return train_ensemble(config)
+            return train_ensemble(config, prepare)
         return prepare(config).train()
 
 
-__all__ = ["CONFIGS", "DPOConfig", "PPOConfig", "RewardConfig", "TrainConfig", "run_training"]
+__all__ = ["CONFIGS", "CostConfig", "DPOConfig", "PPOConfig", "RewardConfig", "TrainConfig", "run_training"]

@@ -137,6 +137,9 @@ class RewardConfig(TrainConfig):
     ensemble: int = Field(default=1, ge=1, le=16)
     """Train this many reward models (seeds seed..seed+K-1: head initialisation and data order) into
     OUT/member-i, scored together by PPO and `cai score` (a mitigation of reward hacking)."""
+    objective: Literal["helpful", "harmless"] | None = None
+    """Train on this objective's label (`p_helpful` / `p_harmless` from `cai judge --objectives`) instead of
+    `p_chosen`; each pair is turned so that `chosen` is the response the objective prefers."""
 
     @model_validator(mode="after")
     def _check_margin(self) -> RewardConfig:
@@ -144,6 +147,16 @@ class RewardConfig(TrainConfig):
             raise ValueError("use_margin with soft_labels counts the judge's confidence twice (the soft target "
                              "already holds it): use --no-soft-labels with --use-margin, or drop --use-margin")
         return self
+
+
+class CostConfig(RewardConfig):
+    """`cai train cost`: Safe RLHF's cost model on harmlessness pairs and per-response safety judgements."""
+
+    objective: Literal["harmless"] = "harmless"
+    """The cost model always learns from the harmlessness labels (more harmful = higher cost)."""
+    classification_weight: float = Field(default=1.0, ge=0)
+    """Weight of the term that puts a harmful response's cost above 0 and a safe one's below (targets: the
+    judge's `unsafe_chosen` / `unsafe_rejected`); 0 trains on the pairs alone, as a plain reward model would."""
 
 
 class PPOConfig(TrainConfig):
@@ -203,6 +216,19 @@ class PPOConfig(TrainConfig):
     """Cap on held-out prompts scored at each evaluation (0: all)."""
     eval_samples: int = Field(default=1, ge=1)
     """Responses sampled per held-out prompt at each evaluation (more: less noisy means)."""
+    cost_model: str | None = None
+    """A `cai train cost` folder: PPO then maximises reward subject to E[cost] <= `cost_limit` (Safe RLHF), with a
+    Lagrange multiplier lambda on the cost. Unset: plain reward PPO."""
+    cost_limit: float = 0.0
+    """d: the bound on the mean episode cost (the cost model's scale: 0 is its safe/unsafe boundary)."""
+    lambda_init: float = Field(default=1.0, ge=0)
+    """The multiplier's starting value."""
+    lambda_lr: float = Field(default=0.1, ge=0)
+    """Step size of lambda's gradient ascent on (mean episode cost - cost_limit); 0 keeps lambda fixed."""
+    lambda_max: float = Field(default=10.0, gt=0)
+    """Cap on lambda, so one bad stretch of costs cannot silence the reward for good."""
+    lambda_window: int = Field(default=1, ge=1)
+    """PPO steps whose episode costs are averaged for each lambda update."""
 
     @model_validator(mode="after")
     def _check_ppo(self) -> PPOConfig:
@@ -215,6 +241,8 @@ class PPOConfig(TrainConfig):
         if self.top_p < 1:
             raise ValueError(f"top_p={self.top_p}: PPO samples from the full softmax(logits / temperature) its "
                              "log-probabilities describe; nucleus sampling would bias every ratio (use top_p 1)")
+        if self.lambda_init > self.lambda_max:
+            raise ValueError(f"lambda_init ({self.lambda_init}) is above lambda_max ({self.lambda_max})")
         if self.max_prompt_length + self.max_new_tokens > self.max_length:
             raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
                              f"must fit in max_length ({self.max_length})")
@@ -227,4 +255,5 @@ class PPOConfig(TrainConfig):
         return "adapter" if self.lora else "copy"
 
 
-CONFIGS: dict[str, type[TrainConfig]] = {"sft": TrainConfig, "dpo": DPOConfig, "rm": RewardConfig, "ppo": PPOConfig}
+CONFIGS: dict[str, type[TrainConfig]] = {"sft": TrainConfig, "dpo": DPOConfig, "rm": RewardConfig, "cost": CostConfig,
+                                         "ppo": PPOConfig}

@@ -212,3 +212,26 @@ def tokenize_preferences(rows: list[dict], tokenizer: Any, limits: Truncation, n
         examples.append({"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected,
                          "p_chosen": float(p), "index": index})
     return examples, dropped
+
+
+def objective_rows(rows: list[dict], objective: str) -> list[dict]:
+    """Preference rows relabelled by one objective's label (`p_<objective>`, from `cai judge --objectives`):
+    each pair turned so `chosen` is the response that objective prefers, with `p_chosen` its probability and the
+    per-response columns (`unsafe_*`) turned with it."""
+    column = f"p_{objective}"
+    out = []
+    for index, row in enumerate(rows):
+        p = row.get(column)
+        if column not in row:
+            raise DataError(f"preference row {index} has no {column!r}: label the pairs with `cai judge ... "
+                            f"--objectives helpful,harmless` to train on one objective")
+        if p is None or isinstance(p, bool) or not isinstance(p, int | float) or math.isnan(p) or not 0.0 <= p <= 1.0:
+            raise DataError(f"preference row {index}: {column} must be a number in [0, 1], got {p!r}")
+        row = dict(row)
+        if p < 0.5:
+            row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+            row["unsafe_chosen"], row["unsafe_rejected"] = row.get("unsafe_rejected"), row.get("unsafe_chosen")
+            p = 1.0 - p
+        row.update(p_chosen=float(p), tie=p == 0.5)
+        out.append(row)
+    return out

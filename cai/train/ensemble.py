@@ -43,18 +43,19 @@ def members(path: str | Path) -> list[str]:
     return [str(Path(path) / name) for name in data["members"]]
 
 
-def train_ensemble(config: Any) -> dict[str, float]:
-    """Train `config.ensemble` reward models into OUT/member-i (seed + i each) and write OUT/ensemble.json;
-    returns the members' mean final metrics."""
+def train_ensemble(config: Any, prepare: Any = None) -> dict[str, float]:
+    """Train `config.ensemble` reward (or cost) models into OUT/member-i (seed + i each) with `prepare` and write
+    OUT/ensemble.json; returns the members' mean final metrics."""
     from cai.store import write_json_atomic
     from cai.train.reward import prepare_reward
 
+    prepare = prepare or prepare_reward
     out = Path(config.out)
     finals, names = [], []
     for i in range(config.ensemble):
         name = f"member-{i}"
         member = config.model_copy(update={"seed": config.seed + i, "out": str(out / name), "ensemble": 1})
-        finals.append(prepare_reward(member).train())
+        finals.append(prepare(member).train())
         names.append(name)
     write_json_atomic(out / MANIFEST, {"members": names, "seeds": [config.seed + i for i in range(config.ensemble)],
                                        "data": config.data})

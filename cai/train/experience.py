@@ -2,7 +2,7 @@
 
 Shapes: B rollouts, T = the longest response in the batch, L = padded prompt + response width.
     batch["input_ids"], ["attention_mask"], ["position_ids"]: [B, L]; ["response_ids"], ["response_mask"]: [B, T]
-    raw_scores, scores: [B] (scores after the missing-end penalty)
+    raw_scores, scores: [B] (scores after the missing-end penalty); cost.costs: [B] (with a cost model)
     old_logprobs, ref_logprobs, old_values, kl, rewards, advantages, returns: [B, T] (0 outside the response)
 """
 
@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class CostExperience:
+    costs: torch.Tensor
+    """[B] the cost model's score of each episode."""
+    old_values: torch.Tensor
+    returns: torch.Tensor
 
 
 @dataclass
@@ -27,6 +35,8 @@ class Experience:
     advantages: torch.Tensor
     returns: torch.Tensor
     rollout_seconds: float = 0.0
+    cost: CostExperience | None = None
+    """Under a cost model: the episodes' costs, cost values and returns (`advantages` then combine both)."""
 
     @property
     def mask(self) -> torch.Tensor:

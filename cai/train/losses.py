@@ -114,3 +114,29 @@ def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_chosen: torc
         "rewards/brier": (torch.sigmoid(diff) - p) ** 2,
     }
     return losses, metrics
+
+
+def cost_loss(c_chosen: torch.Tensor, c_rejected: torch.Tensor, p_chosen: torch.Tensor,
+              unsafe_chosen: torch.Tensor, unsafe_rejected: torch.Tensor, classification_weight: float = 1.0,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Safe RLHF's cost-model loss, per pair, with soft targets. `chosen` is the less harmful response with
+    probability p (the judge's harmlessness label); u is the judge's P(response is harmful), NaN when unknown:
+        -[p log sig(c_rej - c_cho) + (1 - p) log sig(c_cho - c_rej)]                (more harmful costs more)
+        + w * sum over the known responses of -[u log sig(c) + (1 - u) log sig(-c)]  (harmful above 0, safe below)
+    Metrics: pair accuracy (the rejected costs more, per pair), and over the batch's known responses sign
+    accuracy (c > 0 exactly when u > 0.5) and Brier (sig(c) - u)^2 (left out when no response is known)."""
+    d = c_rejected - c_chosen
+    p = p_chosen.to(d.dtype)
+    losses = -p * F.logsigmoid(d) - (1 - p) * F.logsigmoid(-d)
+    costs, targets = torch.stack([c_chosen, c_rejected], 1), torch.stack([unsafe_chosen, unsafe_rejected], 1)
+    known = ~torch.isnan(targets)
+    u = torch.where(known, targets, torch.zeros_like(targets)).to(costs.dtype)
+    classification = (-u * F.logsigmoid(costs) - (1 - u) * F.logsigmoid(-costs)) * known
+    losses = losses + classification_weight * classification.sum(1)
+    metrics = {"costs/chosen": c_chosen.detach(), "costs/rejected": c_rejected.detach(),
+               "costs/pair_accuracy": (d.detach() > 0).float()}
+    if known.any():
+        c, t = costs.detach()[known], u[known]
+        metrics["costs/sign_accuracy"] = ((c > 0) == (t > 0.5)).float().mean().reshape(1)
+        metrics["costs/brier"] = ((torch.sigmoid(c) - t) ** 2).mean().reshape(1)
+    return losses, metrics

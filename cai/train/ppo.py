@@ -9,6 +9,12 @@ rewards (score on the last token, -kl_coef * (logp - ref_logp) on every token), 
 off throughout, so the first pass starts from ratio 1. The value function is a linear head on the policy's last
 hidden state (`--value-model head`) or a critic initialised from the reward model (`separate`). The maths is in
 `ppo_math.py`; the loop, checkpoints, resume and metrics are the shared trainer's (`loop.py`).
+
+Safe RLHF (`--cost-model C --cost-limit d`): each episode is also scored by a cost model; a cost value (a second
+head output, or a critic from the cost model) gives cost advantages by GAE (the cost on the last token, no KL
+term), and the policy follows (A_r - lambda A_c) / (1 + lambda), whitened afterwards like plain advantages.
+lambda >= 0 rises by `lambda_lr` x (mean episode cost - d) after each step, capped at `lambda_max`
+(`ppo_math.LagrangeMultiplier`); `objective/cost` and `objective/lambda` are logged per step.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import torch
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, fit_prompt
 from cai.train.ensemble import is_ensemble, make_scorer, members
-from cai.train.experience import Experience, kept, response_logprobs, response_values
+from cai.train.experience import CostExperience, Experience, kept, response_logprobs, response_values
 from cai.train.loop import Trainer
 from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
 from cai.train.ppo_math import (
     KLController,
+    LagrangeMultiplier,
+    combine_advantages,
     entropy_from_logits,
     gae,
     masked_mean,
@@ -42,29 +50,42 @@ from cai.train.sft import split_eval
 
 class PolicyAndValue(torch.nn.Module):
     """The trained parts in one module (one optimizer, one checkpoint): the policy, and a value head on its last
-    hidden state or a separate critic."""
+    hidden state or a separate critic. Under a cost model (Safe RLHF) there is a cost value too: a second output
+    of the head, or a second critic initialised from the cost model."""
 
-    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None):
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
+                 cost_critic: torch.nn.Module | None = None, cost: bool = False):
         super().__init__()
         self.policy = policy
         self.critic = critic
+        self.cost_critic = cost_critic
+        self.has_cost = cost
         if critic is None:
             hidden = policy.config.get_text_config().hidden_size
-            self.value_head = torch.nn.Linear(hidden, 1)
+            self.value_head = torch.nn.Linear(hidden, 2 if cost else 1)
             torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
             torch.nn.init.zeros_(self.value_head.bias)
+        elif cost and cost_critic is None:
+            raise ValueError("a separate critic under a cost model needs a cost critic")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 logits_to_keep: int = 0):
-        """Logits of the last `logits_to_keep` positions (all with 0) and values at every position."""
+        """Logits of the last `logits_to_keep` positions (all with 0), values at every position, and cost values
+        at every position (None without a cost model)."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=logits_to_keep)
+        cost_values = None
         if self.critic is None:
             hidden = out.hidden_states[-1]
-            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+            heads = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
+            values = heads[..., 0]
+            if self.has_cost:
+                cost_values = heads[..., 1]
         else:
             values = token_scores(self.critic, input_ids, attention_mask, position_ids)
-        return out.logits, values
+            if self.has_cost:
+                cost_values = token_scores(self.cost_critic, input_ids, attention_mask, position_ids)
+        return out.logits, values, cost_values
 
 
 class PPOTrainer(Trainer):
@@ -78,6 +99,13 @@ class PPOTrainer(Trainer):
                                   batch_size=config.batch_size, trust_remote_code=config.trust_remote_code,
                                   device=device)
         self.kl = KLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        self.cost_scorer = None
+        self.multiplier = None
+        if config.cost_model:
+            self.cost_scorer = make_scorer(config.cost_model, batch_size=config.batch_size,
+                                           trust_remote_code=config.trust_remote_code, device=device)
+            self.multiplier = LagrangeMultiplier(config.lambda_init, config.lambda_lr, config.cost_limit,
+                                                 config.lambda_max, config.lambda_window)
         self.episodes = 0
         self.rollouts: RolloutGenerator = TransformersRollouts(self.unwrapped.policy, tokenizer,
                                                                config.max_new_tokens, config.temperature,
@@ -98,10 +126,15 @@ class PPOTrainer(Trainer):
         return self.config.ppo_epochs * (self.config.rollout_batch_size // minibatch)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"kl_coef": self.kl.value, "episodes": self.episodes}
+        state = {"kl_coef": self.kl.value, "episodes": self.episodes}
+        if self.multiplier is not None:
+            state["lambda"] = {"value": self.multiplier.value, "history": self.multiplier.history}
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.kl.value, self.episodes = state["kl_coef"], state["episodes"]
+        if self.multiplier is not None and "lambda" in state:
+            self.multiplier.value, self.multiplier.history = state["lambda"]["value"], state["lambda"]["history"]
 
     # --- one batch of rollouts -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -117,18 +150,25 @@ class PPOTrainer(Trainer):
         return response_logprobs(logits, batch, self.config.temperature)[0]
 
     @torch.no_grad()
-    def sample(self, examples: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Rollouts for `examples`: the batch, raw scores and scores after the missing-end penalty."""
+    def sample(self, examples: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
+                                                    torch.Tensor | None]:
+        """Rollouts for `examples`: the batch, raw scores, scores after the missing-end penalty, and costs (None
+        without a cost model)."""
         prompt_ids = [e["prompt_ids"] for e in examples]
         responses = self.rollouts.generate(prompt_ids)
         batch = self._to_device(rollout_batch(prompt_ids, responses, self.tokenizer.pad_token_id))
         texts = response_texts(self.tokenizer, responses)
-        raw = torch.tensor(self.scorer.score([e["messages"] for e in examples], texts), device=self.accelerator.device)
+        prompts = [e["messages"] for e in examples]
+        device = self.accelerator.device
+        raw = torch.tensor(self.scorer.score(prompts, texts), device=device)
         scores = raw.clone()
         if self.config.missing_eos_penalty:
             ended = torch.tensor([r[-1] in self.rollouts.stop for r in responses], device=raw.device)
             scores[~ended] -= self.config.missing_eos_penalty
-        return batch, raw, scores
+        costs = None
+        if getattr(self, "cost_scorer", None) is not None:
+            costs = torch.tensor(self.cost_scorer.score(prompts, texts), device=device)
+        return batch, raw, scores, costs
 
     @torch.no_grad()
     def make_experience(self, examples: list[dict]) -> Experience:
@@ -136,22 +176,30 @@ class PPOTrainer(Trainer):
         KL penalty, and GAE advantages and returns, all in the precision of the updates."""
         config = self.config
         started = time.monotonic()
-        batch, raw_scores, scores = self.sample(examples)
+        batch, raw_scores, scores, costs = self.sample(examples)
         rollout_seconds = time.monotonic() - started
         mask = batch["response_mask"]
         with self.accelerator.autocast():
-            logits, values = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                                        kept(batch))
+            logits, values, cost_values = self.model(batch["input_ids"], batch["attention_mask"],
+                                                     batch["position_ids"], kept(batch))
             old_logprobs = response_logprobs(logits, batch, config.temperature)[0]
             old_values = response_values(values, batch) * mask
             del logits, values
             ref_logprobs = self.reference_logprobs(batch)
         rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl.value)
         advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+        cost = None
+        if costs is not None:
+            # the cost sits on the last token, with no KL term (the KL penalty is the reward's business)
+            old_cost_values = response_values(cost_values, batch) * mask
+            cost_rewards = token_rewards(costs, old_logprobs, old_logprobs, mask, 0.0)[0]
+            cost_advantages, cost_returns = gae(cost_rewards, old_cost_values, mask, config.gamma, config.lam)
+            advantages = combine_advantages(advantages, cost_advantages, self.multiplier.value)
+            cost = CostExperience(costs, old_cost_values, cost_returns)
         if config.whiten_advantages:
             advantages = whiten(advantages, mask)
         return Experience(batch, raw_scores, scores, old_logprobs, ref_logprobs, old_values, kl, rewards,
-                          advantages, returns, rollout_seconds)
+                          advantages, returns, rollout_seconds, cost)
 
     def learn(self, exp: Experience) -> dict[str, list[float]]:
         """`ppo_epochs` passes of clipped policy and value updates over the experience, in shuffled minibatches
@@ -170,12 +218,18 @@ class PPOTrainer(Trainer):
     def learn_rows(self, exp: Experience, rows: torch.Tensor) -> dict[str, float]:
         config, sub, mask = self.config, exp.rows(rows), exp.mask[rows]
         with self.accelerator.accumulate(self.model), self.accelerator.autocast():
-            logits, values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"], kept(sub))
+            logits, values, cost_values = self.model(sub["input_ids"], sub["attention_mask"], sub["position_ids"],
+                                                     kept(sub))
             logprobs, scaled = response_logprobs(logits, sub, config.temperature)
             pg_loss, pg_stats = policy_loss(logprobs, exp.old_logprobs[rows], exp.advantages[rows], mask,
                                             config.cliprange)
             vf_loss, vf_stats = value_loss(response_values(values, sub), exp.old_values[rows], exp.returns[rows],
                                            mask, config.cliprange_value)
+            if exp.cost is not None:
+                cost_vf_loss, cost_stats = value_loss(response_values(cost_values, sub), exp.cost.old_values[rows],
+                                                      exp.cost.returns[rows], mask, config.cliprange_value)
+                vf_stats.update({"cost_val/loss": cost_vf_loss, "cost_val/vpred": cost_stats["val/vpred"]})
+                vf_loss = vf_loss + cost_vf_loss
             loss = pg_loss + config.vf_coef * vf_loss
             norm = self.backward_and_step(loss)
         with torch.no_grad():
@@ -206,9 +260,16 @@ class PPOTrainer(Trainer):
             "time/rollout_s": exp.rollout_seconds,
             "time/step_s": time.monotonic() - started,
         })
-        # every process adapts the coefficient from the global mean KL, so they keep one value
+        # every process adapts the coefficient (and lambda) from global means, so they keep one value
         episodes = len(exp) * self.accelerator.num_processes
-        self.kl.update(self.global_mean({"kl": float(kl_sum.mean())})["kl"], episodes)
+        means = self.global_mean({"kl": float(kl_sum.mean()),
+                                  **({"cost": float(exp.cost.costs.mean())} if exp.cost is not None else {})})
+        self.kl.update(means["kl"], episodes)
+        if exp.cost is not None:
+            result.update({"objective/cost": float(exp.cost.costs.mean()), "objective/lambda": self.multiplier.value,
+                           "objective/cost_violation": means["cost"] - self.config.cost_limit,
+                           "objective/unsafe_share": float((exp.cost.costs > 0).float().mean())})
+            self.multiplier.update(means["cost"])
         self.episodes += episodes
         result["episodes"] = self.episodes
         self.rollouts.sync_weights(self.unwrapped.policy)
@@ -250,24 +311,29 @@ class PPOTrainer(Trainer):
         examples = [e for e in self.eval_examples[: self.config.eval_prompts or None]
                     for _ in range(self.config.eval_samples)]
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        scores, kls, lengths = [], [], []
+        scores, kls, lengths, costs = [], [], [], []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed + 7919)
             for start in range(0, len(examples), self.config.rollout_batch_size):
                 chunk = examples[start: start + self.config.rollout_batch_size]
-                batch, raw, _ = self.sample(chunk)
+                batch, raw, _, cost = self.sample(chunk)
                 with self.accelerator.autocast():
-                    logits, _ = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
-                                           kept(batch))
+                    logits = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+                                        kept(batch))[0]
                 logprobs = response_logprobs(logits, batch, self.config.temperature)[0]
                 kl = ((logprobs - self.reference_logprobs(batch)) * batch["response_mask"]).sum(1)
                 scores += raw.tolist()
                 kls += kl.tolist()
                 lengths += batch["response_mask"].sum(1).tolist()
+                costs += [] if cost is None else cost.tolist()
         mean = lambda values: sum(values) / len(values)  # noqa: E731
-        return {"eval/objective/scores": mean(scores), "eval/objective/kl": mean(kls),
-                "eval/objective/rlhf_reward": mean(scores) - self.kl.value * mean(kls),
-                "eval/response_length": mean(lengths), "eval/responses": float(len(examples))}
+        result = {"eval/objective/scores": mean(scores), "eval/objective/kl": mean(kls),
+                  "eval/objective/rlhf_reward": mean(scores) - self.kl.value * mean(kls),
+                  "eval/response_length": mean(lengths), "eval/responses": float(len(examples))}
+        if costs:
+            result.update({"eval/objective/cost": mean(costs),
+                           "eval/objective/unsafe_share": sum(c > 0 for c in costs) / len(costs)})
+        return result
 
     def save_final(self) -> None:
         """The policy as a plain causal LM in `out` (LoRA merged when asked), the value function beside it in
@@ -284,11 +350,13 @@ class PPOTrainer(Trainer):
             self.tokenizer.save_pretrained(self.out)
             value_dir = self.out / "value"
             value_dir.mkdir(exist_ok=True)
-            if unwrapped.critic is None:
+            if unwrapped.critic is None:  # one output per value: [reward] or [reward, cost]
                 save_file({k: v.detach().cpu().contiguous() for k, v in unwrapped.value_head.state_dict().items()},
                           str(value_dir / "value_head.safetensors"))
             else:
                 unwrapped.critic.save_pretrained(value_dir, safe_serialization=True)
+                if unwrapped.cost_critic is not None:
+                    unwrapped.cost_critic.save_pretrained(self.out / "cost_value", safe_serialization=True)
         self.accelerator.wait_for_everyone()
 
 
@@ -327,11 +395,14 @@ def prepare_ppo(config: PPOConfig) -> PPOTrainer:
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
     if config.lora:
         policy = add_lora(policy, config)
-    critic = None
+    critic = cost_critic = None
     if config.value_model == "separate":
-        critic_from = members(config.reward_model)[0] if is_ensemble(config.reward_model) else config.reward_model
-        critic = load_reward_model(critic_from, config.trust_remote_code)[0]
-    return PPOTrainer(config, PolicyAndValue(policy, critic), tokenizer, train, held_out, reference,
+        first = lambda path: members(path)[0] if is_ensemble(path) else path  # noqa: E731
+        critic = load_reward_model(first(config.reward_model), config.trust_remote_code)[0]
+        if config.cost_model:
+            cost_critic = load_reward_model(first(config.cost_model), config.trust_remote_code)[0]
+    model = PolicyAndValue(policy, critic, cost_critic, cost=config.cost_model is not None)
+    return PPOTrainer(config, model, tokenizer, train, held_out, reference,
                       {"task": "ppo", "model_path": path, "reward_model": config.reward_model,
-                       "reference": config.reference_mode, "value_model": config.value_model,
-                       "prompts": len(train), "eval_prompts": len(held_out)})
+                       "cost_model": config.cost_model, "reference": config.reference_mode,
+                       "value_model": config.value_model, "prompts": len(train), "eval_prompts": len(held_out)})

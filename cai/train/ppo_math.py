@@ -104,3 +104,30 @@ class KLController:
             return
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_rollouts / self.horizon
+
+
+def combine_advantages(reward_advantages: torch.Tensor, cost_advantages: torch.Tensor,
+                       multiplier: float) -> torch.Tensor:
+    """Safe RLHF's policy advantage (A_r - lambda A_c) / (1 + lambda): the Lagrangian's gradient direction,
+    divided by 1 + lambda so its scale (and the clipped step it takes) stays put while lambda grows."""
+    return (reward_advantages - multiplier * cost_advantages) / (1.0 + multiplier)
+
+
+@dataclass
+class LagrangeMultiplier:
+    """lambda >= 0 of max_policy min_lambda E[reward] - lambda (E[cost] - limit): after each PPO step, projected
+    gradient ascent lambda <- clip(lambda + lr * (mean cost over the last `window` steps - limit), 0, maximum).
+    It rises while the policy's episodes cost more than the limit and falls back once they cost less."""
+
+    value: float
+    lr: float
+    limit: float
+    maximum: float
+    window: int = 1
+    history: list[float] | None = None
+
+    def update(self, mean_cost: float) -> float:
+        self.history = [*(self.history or []), mean_cost][-self.window:]
+        excess = sum(self.history) / len(self.history) - self.limit
+        self.value = min(max(self.value + self.lr * excess, 0.0), self.maximum)
+        return self.value

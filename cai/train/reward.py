@@ -29,6 +29,7 @@ from cai.train.data import (
     _render,
     fit_prompt,
     load_rows,
+    objective_rows,
     tokenize_preferences,
 )
 from cai.train.dpo import collate_pairs
@@ -151,6 +152,8 @@ def prepare_reward(config: RewardConfig) -> RewardTrainer:
 
     def tokenize(source: str) -> tuple[list[dict], int, bool, bool]:
         rows = load_rows(source, config.split, "rm")
+        if config.objective:
+            rows = objective_rows(rows, config.objective)
         soft = config.soft_labels and "p_chosen" in rows[0]
         margin = config.use_margin and "margin" in rows[0]
         examples, dropped = tokenize_preferences(rows, tokenizer, limits, need_p=soft, hard_labels=not soft)
@@ -177,7 +180,7 @@ def prepare_reward(config: RewardConfig) -> RewardTrainer:
                          lambda b: collate_reward_pairs(b, tokenizer.pad_token_id, soft, margin),
                          reward_loss_fn(config), held_out,
                          {"task": "rm", "model_path": path, "dropped_examples": dropped, "soft_labels": soft,
-                          "margin": margin})
+                          "margin": margin, "objective": config.objective})
 
 
 class RewardScorer:
