@@ -1,5 +1,5 @@
-"""`cai run RECIPE.yaml`: the stages of `cai/stages.py` (generate -> judge -> sft -> dpo -> rm -> ppo -> eval ->
-report), those a recipe lists, in one run folder.
+"""`cai run RECIPE.yaml`: the stages of `cai/stages.py` (generate -> judge -> sft -> dpo -> rm -> cost -> ppo ->
+eval -> report), those a recipe lists, in one run folder.
 
     cai run recipes/quickstart.yaml
 
@@ -26,7 +26,7 @@ from cai.settings import Settings
 from cai.stages import STAGES
 from cai.store import check_run_name, write_json_atomic
 
-Stage = Literal["generate", "judge", "sft", "dpo", "rm", "ppo", "eval", "report"]
+Stage = Literal["generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "eval", "report"]
 
 
 class Recipe(Settings):
@@ -49,8 +49,11 @@ class Recipe(Settings):
     """`cai train dpo` settings (data, out and, after SFT, model are set by the recipe)."""
     rm: dict[str, Any] = Field(default_factory=dict)
     """`cai train rm` settings (data is the judge stage's pairs; out is set by the recipe)."""
+    cost: dict[str, Any] = Field(default_factory=dict)
+    """`cai train cost` settings (data is the judge stage's pairs, judged with `objectives`; out is set)."""
     ppo: dict[str, Any] = Field(default_factory=dict)
-    """`cai train ppo` settings (model, reward_model and out are set by the recipe)."""
+    """`cai train ppo` settings (model, reward_model, with a cost stage cost_model, and out are set by the
+    recipe)."""
     eval: dict[str, Any] = Field(default_factory=dict)
     """`cai eval model` settings (trained and base are set by the recipe)."""
 

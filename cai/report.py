@@ -158,6 +158,13 @@ def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
         images.append(_save(fig, folder, f"train_{stage}.png"))
         html_parts.append(f'<img src="train_{stage}.png" alt="{stage} training curves">')
     if (run / "ppo" / "metrics.jsonl").exists():
+        image = cost_plot(list(read_jsonl(run / "ppo" / "metrics.jsonl")), folder)
+        if image:
+            images.append(image)
+            html_parts.append(f'<img src="{image}" alt="PPO cost and lambda per step"><p>Safe RLHF: the mean episode '
+                              "cost against its limit, and the Lagrange multiplier lambda that weighs cost against "
+                              "reward. lambda should rise while the cost is above the limit and fall once it is "
+                              "below.</p>")
         image = overoptimisation_plot(list(read_jsonl(run / "ppo" / "metrics.jsonl")), folder)
         if image:
             images.append(image)
@@ -166,6 +173,28 @@ def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
                               "keeps rising while the distance grows is what over-optimisation of a learned reward "
                               "looks like (Gao et al. 2022); check it with a judge before trusting it.</p>")
     return (_section("Training", "".join(html_parts)) if html_parts else ""), images
+
+
+def cost_plot(rows: list[dict], folder: Path) -> str | None:
+    """PPO under a cost model: mean episode cost (with the limit) and lambda per step."""
+    points = [(r["step"], r["objective/cost"], r["objective/lambda"], r.get("objective/cost_violation"))
+              for r in rows if "objective/lambda" in r]
+    if not points:
+        return None
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    steps = [p[0] for p in points]
+    left.plot(steps, [p[1] for p in points], marker="o", color="#c44e52", label="mean episode cost")
+    if points[0][3] is not None:
+        limit = points[0][1] - points[0][3]
+        left.axhline(limit, color="grey", linestyle="--", label=f"limit {limit:g}")
+    left.set_xlabel("step")
+    left.set_title("cost per step")
+    left.legend(fontsize=7)
+    right.plot(steps, [p[2] for p in points], marker="o", color="#4c72b0")
+    right.set_xlabel("step")
+    right.set_title("lambda per step")
+    return _save(fig, folder, "ppo_cost_lambda.png")
 
 
 def overoptimisation_plot(rows: list[dict], folder: Path) -> str | None:
@@ -222,8 +251,20 @@ def eval_section(run: Path, folder: Path) -> tuple[str, list[str]]:
             f"(mean refusal probability {_fmt(refusal['base'].get('mean_p_refusal'))} and "
             f"{_fmt(refusal['trained'].get('mean_p_refusal'))}). "
             f"Mean answer length: base {lengths['base']:.1f} tokens, trained {lengths['trained']:.1f}.</p>"
+            + _helpfulness_text(results.get("helpfulness"))
             f'<img src="{image}" alt="eval results">')
     return _section("Evaluation", body), [image]
+
+
+def _helpfulness_text(helpful: dict | None) -> str:
+    if not helpful:
+        return ""
+    if helpful.get("win_rate") is None:
+        return f"<p>Helpfulness win-rate: n/a ({html.escape(helpful.get('reason', 'no valid comparison'))}).</p>"
+    low, high = helpful["ci95"]
+    return (f"<p>Helpfulness win-rate on benign prompts (helpful principles): {_fmt(helpful['win_rate'])} (95% CI "
+            f"{_fmt(low)} to {_fmt(high)}) over {helpful['valid']} judged prompts (length-controlled "
+            f"{_fmt(helpful.get('length_controlled_win_rate'))}).</p>")
 
 
 def _fmt(value: Any) -> str:

@@ -1,7 +1,7 @@
 """The stage table behind `cai run`: for each stage, what it reads, how its config is built from a recipe and how
 it runs. A new stage is one entry here (and its own module), nothing else.
 
-    generate -> judge -> sft -> dpo -> rm -> ppo -> eval -> report
+    generate -> judge -> sft -> dpo -> rm -> cost -> ppo -> eval -> report
 
 Every stage writes into `<run>/<stage>/`. The policy a stage trains from is the last one trained before it in
 the recipe (`sft`, then `dpo`, then `ppo`), or the base model.
@@ -61,14 +61,14 @@ async def _run_judge(p, config, engine, progress):
     await judge_run(config, engine=_share(engine, config.engine), progress=progress)
 
 
-def _trainer(task: str, data: str | None, **fixed: Callable[[Any], str | None]):
+def _trainer(task: str, data: str | None, **fixed: Callable[[Any], Any]):
     """A `cai train <task>` stage on `<run>/<data>` (or the recipe's own `data`), starting from the policy
-    trained so far."""
+    trained so far; `fixed` values the pipeline sets (`...`: left to the recipe)."""
     def build(p, settings):
         from cai.train.config import CONFIGS
 
-        values = {"model": p.policy_before(task), **settings, **{k: f(p) for k, f in fixed.items()},
-                  "out": str(p.run / task)}
+        pinned = {k: v for k, f in fixed.items() if (v := f(p)) is not ...}
+        values = {"model": p.policy_before(task), **settings, **pinned, "out": str(p.run / task)}
         if data is not None:
             values["data"] = str(p.run / data)
         return CONFIGS[task](**values)
@@ -100,6 +100,11 @@ async def _run_report(p, config, engine, progress):
     write_report(p.run)
 
 
+def _stage_output(stage: str) -> Callable[[Any], Any]:
+    """The folder of `stage` when the recipe runs it, else `...` (the recipe's own setting stands)."""
+    return lambda p: str(p.run / stage) if stage in p.recipe.stages else ...
+
+
 def _training(task: str):
     async def run(p, config, engine, progress):
         await _run_training(task, p, config, engine, progress)
@@ -112,10 +117,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("sft", ("generate",), _trainer("sft", "generate"), _training("sft"), trains_policy=True),
     Stage("dpo", ("judge", "sft"), _trainer("dpo", "judge"), _training("dpo"), trains_policy=True),
     Stage("rm", ("judge",), _trainer("rm", "judge", model=lambda p: p.base_model), _training("rm")),
-    Stage("ppo", ("sft", "dpo", "rm"), _trainer("ppo", None, reward_model=lambda p: str(p.run / "rm")),
+    Stage("cost", ("judge",), _trainer("cost", "judge", model=lambda p: p.base_model), _training("cost")),
+    Stage("ppo", ("sft", "dpo", "rm", "cost"), _trainer("ppo", None, reward_model=lambda p: str(p.run / "rm"),
+                                                        cost_model=_stage_output("cost")),
           _training("ppo"), trains_policy=True),
     Stage("eval", ("sft", "dpo", "ppo"), _eval, _run_eval),
-    Stage("report", ("generate", "judge", "sft", "dpo", "rm", "ppo", "eval"), lambda p, s: None, _run_report),
+    Stage("report", ("generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "eval"), lambda p, s: None,
+          _run_report),
 )}
 """Every stage, in pipeline order."""
 

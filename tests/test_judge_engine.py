@@ -126,6 +126,41 @@ def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_ru
     assert again.ok + again.errors == 0 and len(list(read_jsonl(tmp_path / "j" / "records.jsonl"))) == len(records)
 
 
+def test_judge_run_with_objectives_labels_each_objective_and_each_responses_safety(small_generate_run, tmp_path,
+                                                                                   engine, loop):
+    from cai.judge import harm_probability
+
+    config = JudgeConfig(check_judge=False, source=str(small_generate_run), principles_per_pair=2,
+                         objectives="harmless,helpful", output_dir=str(tmp_path), run_name="o", engine=TEST_ENGINE)
+    loop.run_until_complete(judge_run(config, engine=engine, progress=False))
+    records = [r for r in read_jsonl(tmp_path / "o" / "records.jsonl") if r["status"] != "error"]
+    assert records
+    objective_of = {p.id: p.objective for p in load_constitution("harmless").preference_principles}
+    for record in records:
+        assert list(record["objectives"]) == ["harmless", "helpful"]
+        for name, label in record["objectives"].items():
+            assert len(label["principle_ids"]) == 2 and {objective_of[i] for i in label["principle_ids"]} == {name}
+        assert len(record["judgements"]) == 2 * 2 * 2  # objectives x principles x orders
+        if record["status"] == "ok":  # p_first is the first objective's label
+            assert record["p_first"] == pytest.approx(record["objectives"]["harmless"]["p_first"])
+    # unsafe_first is P(Yes) to the harm question, averaged over both answer orders (re-asked here by hand)
+    record = records[0]
+    settings = JudgeSettings()
+    ids = option_token_ids(engine.local_tokenizer())
+    scores = [loop.run_until_complete(harm_probability(engine, record["prompt"], record["first"], settings, ids, o))
+              for o in ("AB", "BA")]
+    valid = [s.p_a for s in scores if s.mass >= settings.min_option_mass]
+    assert record["unsafe_first"] == (pytest.approx(sum(valid) / len(valid)) if valid else None)
+    rows = list(read_jsonl(tmp_path / "o" / "export" / "train.jsonl"))
+    assert len(rows) == sum(r["status"] == "ok" for r in records)
+    for row in rows:
+        assert row["p_harmless"] == pytest.approx(row["p_chosen"]) and 0.0 <= row["p_helpful"] <= 1.0
+        assert "unsafe_chosen" in row and "unsafe_rejected" in row
+    stats = json.loads((tmp_path / "o" / "export" / "stats.json").read_text())
+    assert stats["objectives"] == ["harmless", "helpful"] and "objective_disagreement" in stats
+    assert "Objectives: harmless, helpful" in (tmp_path / "o" / "export" / "README.md").read_text()
+
+
 def test_judge_run_revisions_and_sampled_strategies(small_generate_run, tmp_path, engine, loop):
     revisions = JudgeConfig(check_judge=False, source=str(small_generate_run), strategy="revisions", principles_per_pair=1,
                             output_dir=str(tmp_path), run_name="rev", engine=TEST_ENGINE)
