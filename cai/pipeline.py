@@ -1,5 +1,5 @@
 """`cai run RECIPE.yaml`: the stages of `cai/stages.py` (generate -> judge -> sft -> dpo -> rm -> cost -> ppo ->
-eval -> report), those a recipe lists, in one run folder.
+online -> eval -> report), those a recipe lists, in one run folder.
 
     cai run recipes/quickstart.yaml
 
@@ -26,7 +26,7 @@ from cai.settings import Settings
 from cai.stages import STAGES
 from cai.store import check_run_name, write_json_atomic
 
-Stage = Literal["generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "eval", "report"]
+Stage = Literal["generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "online", "eval", "report"]
 
 
 class Recipe(Settings):
@@ -54,6 +54,8 @@ class Recipe(Settings):
     ppo: dict[str, Any] = Field(default_factory=dict)
     """`cai train ppo` settings (model, reward_model, with a cost stage cost_model, and out are set by the
     recipe)."""
+    online: dict[str, Any] = Field(default_factory=dict)
+    """`cai train online-dpo` settings (model, after earlier training stages, and out are set by the recipe)."""
     eval: dict[str, Any] = Field(default_factory=dict)
     """`cai eval model` settings (trained and base are set by the recipe)."""
 
@@ -153,7 +155,7 @@ class Pipeline:
         (self.run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         pending = [s for s in self.recipe.stages if s == "report" or not self.is_done(s)]
         owned = None
-        if engine is None and any(s in pending for s in ("generate", "judge", "eval")):  # the engine users
+        if engine is None and any(s in pending for s in ("generate", "judge", "online", "eval")):  # engine users
             from cai.engines import EngineConfig, create_engine
 
             settings = EngineConfig(**self.recipe.generate.get("engine", {}))

@@ -252,7 +252,7 @@ def eval_section(run: Path, folder: Path) -> tuple[str, list[str]]:
             f"{_fmt(refusal['trained'].get('mean_p_refusal'))}). "
             f"Mean answer length: base {lengths['base']:.1f} tokens, trained {lengths['trained']:.1f}.</p>"
             + _helpfulness_text(results.get("helpfulness"))
-            f'<img src="{image}" alt="eval results">')
+            + f'<img src="{image}" alt="eval results">')
     return _section("Evaluation", body), [image]
 
 

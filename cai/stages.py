@@ -1,10 +1,10 @@
 """The stage table behind `cai run`: for each stage, what it reads, how its config is built from a recipe and how
 it runs. A new stage is one entry here (and its own module), nothing else.
 
-    generate -> judge -> sft -> dpo -> rm -> cost -> ppo -> eval -> report
+    generate -> judge -> sft -> dpo -> rm -> cost -> ppo -> online -> eval -> report
 
 Every stage writes into `<run>/<stage>/`. The policy a stage trains from is the last one trained before it in
-the recipe (`sft`, then `dpo`, then `ppo`), or the base model.
+the recipe (`sft`, then `dpo`, `ppo`, `online`), or the base model.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def _trainer(task: str, data: str | None, **fixed: Callable[[Any], Any]):
         from cai.train.config import CONFIGS
 
         pinned = {k: v for k, f in fixed.items() if (v := f(p)) is not ...}
-        values = {"model": p.policy_before(task), **settings, **pinned, "out": str(p.run / task)}
+        stage = "online" if task == "online-dpo" else task
+        values = {"model": p.policy_before(stage), **settings, **pinned, "out": str(p.run / stage)}
         if data is not None:
             values["data"] = str(p.run / data)
         return CONFIGS[task](**values)
@@ -78,6 +79,12 @@ def _trainer(task: str, data: str | None, **fixed: Callable[[Any], Any]):
 async def _run_training(task: str, p, config, engine, progress):
     from cai.train import run_training
 
+    if task == "online-dpo":  # resumable: a rerun after a kill continues its rounds; it judges on `engine`
+        from cai.train.online import online_dpo
+
+        await online_dpo(config.model_copy(update={"progress": progress}),
+                         judge=_share(engine, config.judge_engine))
+        return
     # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it
     run_training(task, config.model_copy(update={"progress": progress, "overwrite": True}))
 
@@ -121,8 +128,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("ppo", ("sft", "dpo", "rm", "cost"), _trainer("ppo", None, reward_model=lambda p: str(p.run / "rm"),
                                                         cost_model=_stage_output("cost")),
           _training("ppo"), trains_policy=True),
-    Stage("eval", ("sft", "dpo", "ppo"), _eval, _run_eval),
-    Stage("report", ("generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "eval"), lambda p, s: None,
+    Stage("online", ("sft", "dpo", "ppo"), _trainer("online-dpo", None), _training("online-dpo"),
+          trains_policy=True),
+    Stage("eval", ("sft", "dpo", "ppo", "online"), _eval, _run_eval),
+    Stage("report", ("generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "online", "eval"), lambda p, s: None,
           _run_report),
 )}
 """Every stage, in pipeline order."""

@@ -12,7 +12,8 @@ TASKS = {"sft": "supervised fine-tuning on `messages`",
          "dpo": "preference optimisation (sigmoid, ipo or soft labels)",
          "rm": "a reward model on preference pairs (Bradley-Terry, soft labels)",
          "cost": "a cost model (Safe RLHF): harmlessness pairs plus a safe/unsafe term",
-         "ppo": "PPO of a policy against a reward model, KL-penalised to a reference"}
+         "ppo": "PPO of a policy against a reward model, KL-penalised to a reference",
+         "online-dpo": "online iterative DPO: sample (vLLM) -> AI judge -> DPO, round after round"}
 
 
 def add_parser(sub: Any) -> None:
@@ -23,8 +24,35 @@ def add_parser(sub: Any) -> None:
     for task, text in TASKS.items():
         t = tsub.add_parser(task, help=text)
         config_option(t)
-        add_settings(t, CONFIGS[task])
+        if task == "online-dpo":
+            online_options(t)
+        else:
+            add_settings(t, CONFIGS[task])
         t.set_defaults(_run=run)
+
+
+def online_options(parser: argparse.ArgumentParser) -> None:
+    """online-dpo's own settings, every judge option (`judge.<name>`) and the judge's model."""
+    from cai.cli.judge import no_judge_check
+    from cai.config import JudgeConfig
+    from cai.train.config import JUDGE_OPTIONS, OnlineDPOConfig
+
+    add_settings(parser, OnlineDPOConfig, flags={"data": "--prompts", "max_steps": None, "reference_model": None,
+                                                 "eval_data": None, "resume": None})
+    judge = parser.add_argument_group("judge (every round's AI judge)")
+    add_settings(judge, JudgeConfig, skip=set(JudgeConfig.model_fields) - set(JUDGE_OPTIONS), prefix="judge.",
+                 flags={"principles_per_pair": "--principles", "check_judge": None,
+                        "concurrency": "--judge-concurrency", "max_failure_rate": "--judge-max-failure-rate"})
+    no_judge_check(judge)
+    judge.set_defaults(check_judge=None)
+    for action in judge._group_actions:
+        if action.dest == "check_judge":
+            action.dest = "judge.check_judge"
+    judge.add_argument("--judge-model", dest="judge_engine.model",
+                       help="the judge's model: a local folder or hub id, or openai/<name> with --judge-base-url "
+                            "(default: the embedded model)")
+    judge.add_argument("--judge-base-url", dest="judge_engine.base_urls", action="append", metavar="URL",
+                       help="an OpenAI-compatible server for an openai/<name> judge; repeat for several")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -112,6 +112,24 @@ class VLLMEngine(api.Engine):
             finish_reason=out.finish_reason, top_logprobs=top, cached_tokens=getattr(final, "num_cached_tokens", None),
         )
 
+    async def generate_ids(self, prompt_ids: list[int], params: Any) -> list[int]:
+        """The sampled token ids for a tokenized prompt (vLLM `SamplingParams` given as they are): the path of
+        training rollouts, which need exactly the tokens sampled, not their text."""
+        final = None
+        async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                                  request_id=f"cai-{next(self._ids)}"):
+            final = output
+        if final is None or not final.outputs:
+            raise api.RequestError("the engine returned no output")
+        self.generated_tokens += len(final.outputs[0].token_ids)
+        return list(final.outputs[0].token_ids)
+
+    async def load_weights(self, path: str) -> None:
+        """Replace the served model's weights in place with those of the checkpoint folder `path` (same
+        architecture), without restarting the engine; cached prefixes computed with the old weights are dropped."""
+        await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        await self._engine.reset_prefix_cache()
+
     async def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:

@@ -7,17 +7,28 @@ transformers + accelerate + peft.
     cai train cost --data outputs/<judge-run> --out outputs/cost     # Safe RLHF's cost model
     cai train ppo --model outputs/sft --reward-model outputs/rm --data red-team --out outputs/ppo
     cai train ppo ... --cost-model outputs/cost --cost-limit 0       # PPO under a cost limit (Lagrangian)
+    cai train online-dpo --prompts red-team --rounds 3 --out outputs/online   # sample -> judge -> DPO rounds
     accelerate launch -m cai train dpo ...        # several GPUs or nodes
 """
 
 from __future__ import annotations
 
-from cai.train.config import CONFIGS, CostConfig, DPOConfig, PPOConfig, RewardConfig, TrainConfig
+from cai.train.config import (
+    CONFIGS,
+    CostConfig,
+    DPOConfig,
+    OnlineDPOConfig,
+    PPOConfig,
+    RewardConfig,
+    TrainConfig,
+)
 
 
 def run_training(task: str, config: TrainConfig) -> dict[str, float]:
     """Check the data and model, train, save; returns the last logged metrics."""
-    if task == "sft":
+    if task == "online-dpo":
+        from cai.train.online import run_online as prepare
+    elif task == "sft":
         from cai.train.sft import prepare_sft as prepare
     elif task == "dpo":
         from cai.train.dpo import prepare_dpo as prepare
@@ -33,8 +44,11 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
         raise TypeError(f"`cai train {task}` needs a {CONFIGS[task].__name__}, got {type(config).__name__}")
     from cai.train.outputs import check_output, output_lock
 
-    check_output(config)  # before any model loads
+    if task != "online-dpo":  # online-dpo checks its own folder: a run continues with the same command
+        check_output(config)  # before any model loads
     with output_lock(config):
+        if task == "online-dpo":
+            return prepare(config)
         if task in ("rm", "cost") and config.ensemble > 1:
             from cai.train.ensemble import train_ensemble
 
@@ -42,4 +56,4 @@ def run_training(task: str, config: TrainConfig) -> dict[str, float]:
         return prepare(config).train()
 
 
-__all__ = ["CONFIGS", "CostConfig", "DPOConfig", "PPOConfig", "RewardConfig", "TrainConfig", "run_training"]
+__all__ = ["CONFIGS", "CostConfig", "DPOConfig", "OnlineDPOConfig", "PPOConfig", "RewardConfig", "TrainConfig", "run_training"]

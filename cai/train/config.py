@@ -3,10 +3,11 @@ cai (`--config FILE` plus CLI overrides). `TrainConfig` holds what every task sh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from cai.engines import EngineConfig
 from cai.settings import Settings
 
 
@@ -105,15 +106,22 @@ class DPOConfig(TrainConfig):
     keep_dropout: bool = False
     """Train with the model's dropout on. Off by default (as TRL does): the reference log-probs come from the
     model without dropout, so with it on the policy would differ from its reference at step 0."""
+    reference_model: str | None = None
+    """Another model as the reference (same tokenizer), scored once before training: online DPO anchors every
+    round to the starting model this way. Unset: the policy's own starting weights."""
 
     @model_validator(mode="after")
     def _check_reference(self) -> DPOConfig:
         if self.reference == "adapter" and not self.lora:
             raise ValueError("reference 'adapter' needs lora: true")
+        if self.reference_model and self.reference not in ("auto", "precompute"):
+            raise ValueError("reference_model is scored once before training (reference auto or precompute)")
         return self
 
     @property
     def reference_mode(self) -> str:
+        if self.reference_model:
+            return "precompute"
         if self.reference != "auto":
             return self.reference
         return "adapter" if self.lora else "precompute"
@@ -216,6 +224,15 @@ class PPOConfig(TrainConfig):
     """Cap on held-out prompts scored at each evaluation (0: all)."""
     eval_samples: int = Field(default=1, ge=1)
     """Responses sampled per held-out prompt at each evaluation (more: less noisy means)."""
+    rollouts: Literal["transformers", "vllm"] = "transformers"
+    """Who samples the rollouts: `model.generate` on the training process, or a vLLM engine whose weights follow
+    the policy after every step (faster sampling; one process only)."""
+    rollout_sync: Literal["inplace", "reload"] = "inplace"
+    """`--rollouts vllm`: push new weights into the running engine (`inplace`) or start a fresh engine on them
+    (`reload`, slower, for builds whose workers cannot reload weights)."""
+    rollout_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    """`--rollouts vllm`: the engine's share of accelerator memory (on a CPU, of the node's memory for its KV
+    cache); the rest stays for training."""
     cost_model: str | None = None
     """A `cai train cost` folder: PPO then maximises reward subject to E[cost] <= `cost_limit` (Safe RLHF), with a
     Lagrange multiplier lambda on the cost. Unset: plain reward PPO."""
@@ -255,5 +272,68 @@ class PPOConfig(TrainConfig):
         return "adapter" if self.lora else "copy"
 
 
+JUDGE_OPTIONS = ("constitution", "principles_per_pair", "min_valid_principles", "judge_few_shot", "cot",
+                 "cot_max_tokens", "cot_band", "judge_format", "pointwise_question", "min_option_mass",
+                 "top_logprobs", "min_confidence", "drop_inconsistent", "check_judge", "judge_check",
+                 "min_judge_accuracy", "strict_judge", "templates", "concurrency", "max_failure_rate")
+"""`cai judge` settings that `cai train online-dpo` passes to each round's judge (`judge.<name>` in a config)."""
+
+
+class OnlineDPOConfig(DPOConfig):
+    """`cai train online-dpo`: rounds of sample (vLLM) -> judge -> DPO, each from the previous round's policy."""
+
+    data: str = "red-team"
+    """Prompts: a bundled prompt set name, a prompt file or dataset (as for `cai generate`)."""
+    loss_type: Literal["sigmoid", "ipo", "soft"] = "soft"
+    """DPO loss of each round; `soft` uses the judge's probability of each pair."""
+    limit: int | None = Field(default=None, ge=1)
+    """Use the first N prompts only."""
+    rounds: int = Field(default=3, ge=1)
+    """R: sample -> judge -> train rounds."""
+    samples_per_prompt: int = Field(default=4, ge=2)
+    """K responses sampled per prompt from the current policy each round."""
+    pairing: Literal["best-worst", "all"] = "best-worst"
+    """Pairs trained on: the judge's best against its worst response per prompt (by each response's mean win
+    probability over all K(K-1)/2 judged pairs), or every judged pair."""
+    max_steps_per_round: int = Field(default=0, ge=0)
+    """DPO optimizer steps per round (0: `epochs` over the round's pairs)."""
+    reuse_prompts: bool = False
+    """Every round samples the same training prompts (default: the training prompts are split across rounds, so
+    each round's are fresh)."""
+    prompts_per_round: int | None = Field(default=None, ge=1)
+    """Training prompts per round (default: all of them split evenly across the rounds)."""
+    heldout_prompts: int = Field(default=16, ge=1)
+    """Prompts held out from training: each round's model answers them and is judged against the previous
+    round's and the starting model's answers (both orders)."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    """Most new tokens per sampled response (training samples and held-out answers)."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature (1: the policy's own distribution, which the KL estimate assumes)."""
+    rollout_sync: Literal["inplace", "reload"] = "inplace"
+    """How the sampling engine gets a new round's weights: reloaded in place, or a fresh engine."""
+    judge: dict[str, Any] = Field(default_factory=dict)
+    """`cai judge` settings for every round's judge (`principles_per_pair`, `cot`, `min_confidence` ...; the
+    names of `JUDGE_OPTIONS`)."""
+    judge_engine: EngineConfig = Field(default_factory=EngineConfig)
+    """The judge's engine: the embedded default unless `model` is set (a bigger local model, or `openai/...`
+    with `base_urls` for `vllm serve` servers)."""
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    """Settings of the vLLM engine that samples the policy (its `model` is the round's policy)."""
+    save_steps: int = Field(default=10, ge=0)
+    """Checkpoint each round's DPO every N steps (a killed round resumes from it)."""
+
+    @model_validator(mode="after")
+    def _check_online(self) -> OnlineDPOConfig:
+        unknown = sorted(set(self.judge) - set(JUDGE_OPTIONS))
+        if unknown:
+            raise ValueError(f"judge: unknown setting(s) {', '.join(unknown)} (known: {', '.join(JUDGE_OPTIONS)})")
+        if self.reference_model:
+            raise ValueError("online-dpo's reference is always the starting model (`model`)")
+        from cai.config import JudgeConfig
+
+        JudgeConfig(source="-", **self.judge)  # every judge setting checked before any model loads
+        return self
+
+
 CONFIGS: dict[str, type[TrainConfig]] = {"sft": TrainConfig, "dpo": DPOConfig, "rm": RewardConfig, "cost": CostConfig,
-                                         "ppo": PPOConfig}
+                                         "ppo": PPOConfig, "online-dpo": OnlineDPOConfig}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -109,11 +110,14 @@ class DPOTrainer(Trainer):
     """The shared loop; with `precompute`, the reference pass runs once the model sits on its device in its
     training precision (after accelerate's `prepare`), before any checkpoint is restored."""
 
-    def __init__(self, *args, precompute: bool = False, **kwargs):
+    def __init__(self, *args, precompute: bool = False, reference_model: torch.nn.Module | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if precompute:
-            precompute_reference(self.accelerator.unwrap_model(self.model), self.train_examples + self.eval_examples,
-                                 self.collate, self.config.batch_size, self._to_device, self.accelerator.autocast)
+            scorer = self.accelerator.unwrap_model(self.model)
+            if reference_model is not None:
+                scorer = reference_model.to(self.accelerator.device)
+            precompute_reference(scorer, self.train_examples + self.eval_examples, self.collate,
+                                 self.config.batch_size, self._to_device, self.accelerator.autocast)
 
 
 def make_dpo_loss(config: DPOConfig, reference: torch.nn.Module | None) -> Callable:
@@ -154,9 +158,22 @@ def prepare_dpo(config: DPOConfig) -> Trainer:
     if not config.keep_dropout:
         disable_dropout(model)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if mode == "copy" else None
+    separate = load_reference_model(config, tokenizer) if config.reference_model else None
     if config.lora:
         model = add_lora(model, config)
     return DPOTrainer(config, model, tokenizer, train, lambda b: collate_pairs(b, tokenizer.pad_token_id),
                       make_dpo_loss(config, reference), held_out,
                       {"task": "dpo", "model_path": path, "dropped_examples": dropped, "ties_skipped": ties,
-                       "reference": mode}, precompute=mode == "precompute")
+                       "reference": mode, "reference_model": config.reference_model},
+                      precompute=mode == "precompute", reference_model=separate)
+
+
+def load_reference_model(config: DPOConfig, tokenizer: Any) -> torch.nn.Module:
+    """The separate reference, checked to share the policy's vocabulary (its log-probs score the same ids)."""
+    ref_tokenizer, ref_path = load_tokenizer(config.reference_model, config.trust_remote_code)
+    if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise DataError(f"reference_model {config.reference_model} has another tokenizer than the policy; DPO "
+                        "compares log-probs of the same token ids")
+    model = load_causal_lm(ref_path, config, torch.float32)
+    disable_dropout(model)
+    return model.eval().requires_grad_(False)

@@ -33,7 +33,9 @@ def _inputs(config: TrainConfig) -> dict[str, Path]:
     from cai.models import resolve_model
 
     named = {"--model": None, "--data": config.data, "--eval-data": config.eval_data,
-             "--reward-model": getattr(config, "reward_model", None)}
+             "--reward-model": getattr(config, "reward_model", None),
+             "--cost-model": getattr(config, "cost_model", None),
+             "--reference-model": getattr(config, "reference_model", None)}
     found = {}
     for flag, value in named.items():
         if flag == "--model":

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cai.errors import UsageError
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, fit_prompt
 from cai.train.ensemble import is_ensemble, make_scorer, members
@@ -107,9 +108,22 @@ class PPOTrainer(Trainer):
             self.multiplier = LagrangeMultiplier(config.lambda_init, config.lambda_lr, config.cost_limit,
                                                  config.lambda_max, config.lambda_window)
         self.episodes = 0
-        self.rollouts: RolloutGenerator = TransformersRollouts(self.unwrapped.policy, tokenizer,
-                                                               config.max_new_tokens, config.temperature,
-                                                               config.top_p)
+        self.rollouts: RolloutGenerator = self._rollouts(extra_manifest["model_path"])
+
+    def _rollouts(self, model_path: str) -> RolloutGenerator:
+        config, policy = self.config, self.unwrapped.policy
+        if config.rollouts == "transformers":
+            return TransformersRollouts(policy, self.tokenizer, config.max_new_tokens, config.temperature,
+                                        config.top_p)
+        if self.accelerator.num_processes > 1:
+            raise UsageError("--rollouts vllm runs one engine beside one training process; with several processes "
+                             "use --rollouts transformers")
+        from cai.train.vllm_rollouts import VLLMRollouts
+
+        settings = {"max_model_len": config.max_length, "gpu_memory_utilization": config.rollout_gpu_memory_utilization,
+                    "dtype": "bfloat16" if config.bf16 else "float32", "trust_remote_code": config.trust_remote_code}
+        return VLLMRollouts(model_path, self.tokenizer, config.max_new_tokens, config.temperature, config.top_p,
+                            sync=config.rollout_sync, engine_settings=settings, policy=policy)
 
     @property
     def unwrapped(self) -> PolicyAndValue:
@@ -283,6 +297,8 @@ class PPOTrainer(Trainer):
     def train(self) -> dict[str, float]:
         config = self.config
         bar = self.start()
+        if self.step:  # resumed: a vLLM sampler must serve the restored weights, not the starting ones
+            self.rollouts.sync_weights(self.unwrapped.policy)
         self.model.eval()  # dropout off: the first update starts at ratio 1
         last: dict[str, float] = {}
         if self.step == 0 and self.eval_examples:
@@ -302,7 +318,12 @@ class PPOTrainer(Trainer):
                 if bar is not None:
                     bar.set_postfix_str(f"score {values['objective/scores']:.3f}, kl {values['objective/kl']:.3f}")
             self.end_of_step(bar)
-        return self.finish(bar, last)
+        try:
+            return self.finish(bar, last)
+        finally:
+            close = getattr(self.rollouts, "close", None)
+            if close is not None:
+                close()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

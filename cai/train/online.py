@@ -1,0 +1,360 @@
+"""`cai train online-dpo`: online iterative RLAIF. Each round samples from the policy being trained (on vLLM),
+has the constitution's AI judge label those samples, and trains DPO on them against the starting model.
+
+    cai train online-dpo --prompts red-team --rounds 3 --samples-per-prompt 4 --principles 2 \\
+        --max-steps-per-round 20 --out outputs/online
+
+Round r (folder OUT/round-r/):
+1. the vLLM engine serves round r-1's weights (the starting model for r = 1), loaded in place or by a restart;
+2. `cai judge --strategy sampled` samples K responses per prompt of the round's share (fresh prompts each round
+   unless `--reuse-prompts`) and judges all K(K-1)/2 pairs (both orders, principle ensemble, soft labels) into
+   OUT/round-r/judge/ (the run store: a killed round resumes its samples and judgements);
+3. pairs.jsonl: best vs worst response per prompt by mean win probability (`--pairing best-worst`) or all;
+4. DPO from round r-1's policy with the starting model as reference (`reference_model`), into
+   OUT/round-r/model/ (checkpointed; a killed round resumes there);
+5. held-out prompts are answered by the new model and judged against round r-1's and the starting model's
+   answers; with the label confidence, answer lengths, a KL estimate to the starting model and the DPO metrics
+   this is one row of OUT/metrics.jsonl, and OUT/round-r/round.json marks the round finished (never redone).
+The last round's model is copied into OUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cai.config import JudgeConfig
+from cai.errors import UsageError
+from cai.store import read_jsonl, write_json_atomic
+from cai.train.config import OnlineDPOConfig
+
+MANIFEST = "online_manifest.json"
+_NOT_SETTINGS = {"rounds", "progress", "overwrite", "resume", "out"}
+
+
+def run_online(config: OnlineDPOConfig) -> dict[str, Any]:
+    """Run (or continue) the rounds; returns the last round's metrics row."""
+    return asyncio.run(online_dpo(config))
+
+
+async def online_dpo(config: OnlineDPOConfig, judge: Any = None) -> dict[str, Any]:
+    """`run_online` inside a running event loop; `judge`, when given, is the engine to judge with (the caller's,
+    left open)."""
+    from cai.train.modeling import load_tokenizer
+
+    out = Path(config.out)
+    tokenizer, start = load_tokenizer(config.model, config.trust_remote_code)
+    check_online_output(config, start)
+    heldout, rounds = split_prompts(config)  # every prompt problem is reported before an engine starts
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / MANIFEST, {"settings": settings_of(config), "settings_sha": settings_sha(config),
+                                       "start_model": start, "heldout": [i.id for i in heldout],
+                                       "rounds": [[i.id for i in r] for r in rounds]})
+    runner = OnlineRun(config, tokenizer, start, heldout, rounds, judge)
+    try:
+        return await runner.run()
+    finally:
+        await runner.close()
+
+
+def settings_of(config: OnlineDPOConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude=_NOT_SETTINGS)
+
+
+def settings_sha(config: OnlineDPOConfig) -> str:
+    return hashlib.sha256(json.dumps(settings_of(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_online_output(config: OnlineDPOConfig, start: str) -> None:
+    """OUT is empty, or this run's own folder continued with the same settings (more rounds allowed)."""
+    out = Path(config.out).expanduser().resolve()
+    for name, value in (("--model", start), ("--data", config.data)):
+        path = Path(value).expanduser()
+        if path.exists() and (out == path.resolve() or path.resolve() in out.parents):
+            raise UsageError(f"--out {config.out} is or sits inside {name} {value}: choose another --out")
+    if not out.is_dir() or not any(p.name != ".lock" for p in out.iterdir()):
+        return
+    if config.overwrite:
+        for item in out.iterdir():
+            if item.name != ".lock":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        return
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        raise UsageError(f"--out {config.out} is not empty and holds no online-dpo run: choose an empty folder, or "
+                         "add --overwrite to replace it")
+    earlier = json.loads(manifest.read_text())
+    if earlier.get("settings_sha") != settings_sha(config):
+        changed = sorted(k for k, v in settings_of(config).items() if earlier.get("settings", {}).get(k) != v)
+        raise UsageError(f"--out {config.out} holds an online-dpo run with other settings ({', '.join(changed)}): "
+                         "the same command continues it (more --rounds allowed); use another --out, or "
+                         "--overwrite to start again")
+
+
+def split_prompts(config: OnlineDPOConfig) -> tuple[list, list[list]]:
+    """The held-out prompts and each round's training prompts (a seeded shuffle)."""
+    from cai.inputs import InputError, InputProblem, load_prompts
+
+    items = [i for i in load_prompts(config.data, limit=config.limit) if not isinstance(i, InputProblem)]
+    random.Random(config.seed).shuffle(items)
+    heldout, train = items[: config.heldout_prompts], items[config.heldout_prompts:]
+    if not train:
+        raise InputError(f"{config.data}: {len(items)} usable prompts, none left for training after "
+                         f"{config.heldout_prompts} held out")
+    if config.reuse_prompts:
+        share = train[: config.prompts_per_round] if config.prompts_per_round else train
+        return heldout, [share] * config.rounds
+    per_round = config.prompts_per_round or len(train) // config.rounds
+    if per_round < 1 or per_round * config.rounds > len(train):
+        raise InputError(f"{config.data}: {len(train)} training prompts cannot give {config.rounds} rounds "
+                         f"{per_round or 'at least one'} fresh prompt(s) each; lower --rounds or "
+                         "--prompts-per-round, or add --reuse-prompts")
+    return heldout, [train[r * per_round: (r + 1) * per_round] for r in range(config.rounds)]
+
+
+def best_worst_pairs(rows: list[dict]) -> list[dict]:
+    """Per prompt, the response with the highest mean win probability against the one with the lowest (over
+    every judged pair it is in), as one exported row; its p_chosen is the judge's label of that very pair."""
+    by_prompt: dict[str, list[dict]] = {}
+    for row in rows:
+        by_prompt.setdefault(row["id"].rsplit("/", 1)[0], []).append(row)
+    chosen = []
+    for prompt_rows in by_prompt.values():
+        wins: dict[str, list[float]] = {}
+        for row in prompt_rows:
+            wins.setdefault(row["chosen_source"], []).append(row["p_chosen"])
+            wins.setdefault(row["rejected_source"], []).append(1.0 - row["p_chosen"])
+        score = {name: sum(v) / len(v) for name, v in wins.items()}
+        best, worst = max(score, key=score.get), min(score, key=score.get)
+        pair = next((r for r in prompt_rows if {r["chosen_source"], r["rejected_source"]} == {best, worst}), None)
+        if pair is None or best == worst:
+            continue
+        # the row keeps the judge's own label of this pair, even where it disagrees with the ranking
+        chosen.append({**pair, "best_worst_scores": [score[best], score[worst]]})
+    return chosen
+
+
+class OnlineRun:
+    def __init__(self, config: OnlineDPOConfig, tokenizer: Any, start: str, heldout: list, rounds: list[list],
+                 judge: Any = None):
+        self.config, self.tokenizer, self.start = config, tokenizer, start
+        self.heldout, self.rounds = heldout, rounds
+        self.out = Path(config.out)
+        self.policy, self.judge, self.owns_judge = None, judge, judge is None
+        self.served: str | None = None
+        self.sync_seconds: list[float] = []
+
+    # --- engines --------------------------------------------------------------------------------------------
+    async def serve(self, path: str) -> Any:
+        """The sampling engine, serving the weights in `path`."""
+        import time
+
+        from cai.engines import create_engine
+
+        if self.policy is not None and self.served == path:
+            return self.policy
+        started = time.monotonic()
+        if self.policy is not None and self.config.rollout_sync == "inplace":
+            await self.policy.load_weights(path)
+        else:
+            if self.policy is not None:
+                await self.policy.close()
+            engine = self.config.engine
+            settings = {"model": path, "extra": {**engine.extra, "generation_config": "vllm"}}
+            self.policy = create_engine(engine.model_copy(update=settings))
+        if self.served is not None:
+            self.sync_seconds.append(time.monotonic() - started)
+        self.served = path
+        return self.policy
+
+    def judge_engine(self) -> Any:
+        if self.judge is None:
+            from cai.engines import create_engine
+
+            self.judge = create_engine(self.config.judge_engine)
+        return self.judge
+
+    async def close(self) -> None:
+        for engine in (self.policy, self.judge if self.owns_judge else None):
+            if engine is not None:
+                await engine.close()
+        self.policy = self.judge = None
+
+    # --- rounds ---------------------------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        last: dict[str, Any] = {}
+        previous = self.start
+        for r in range(1, self.config.rounds + 1):
+            folder = self.out / f"round-{r}"
+            if (folder / "round.json").is_file():
+                print(f"cai: round {r} finished earlier, kept")
+                last = json.loads((folder / "round.json").read_text())["metrics"]
+            else:
+                last = await self.round(r, folder, previous)
+            previous = str(folder / "model")
+        self.publish(Path(previous))
+        return last
+
+    async def round(self, r: int, folder: Path, previous: str) -> dict[str, Any]:
+        from cai.train import run_training
+
+        config = self.config
+        print(f"cai: round {r}/{config.rounds}: sampling and judging {len(self.rounds[r - 1])} prompts")
+        folder.mkdir(parents=True, exist_ok=True)
+        await self.answers("start", self.start)  # the starting model's held-out answers, before its weights are gone
+        prompts = folder / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"id": i.id, "messages": i.messages}) + "\n"
+                                   for i in self.rounds[r - 1]), encoding="utf-8")
+        judged = await self.judge_round(r, folder, prompts, previous)
+        rows = list(read_jsonl(judged / "export" / "train.jsonl"))
+        pairs = best_worst_pairs(rows) if config.pairing == "best-worst" else rows
+        if not pairs:
+            raise UsageError(f"round {r}: the judge produced no usable pair from {len(rows)} judged pairs (see "
+                             f"{judged}/export and invalid.jsonl)")
+        pairs_file = folder / "pairs.jsonl"
+        pairs_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+        print(f"cai: round {r}: DPO on {len(pairs)} pairs")
+        dpo = run_training("dpo", self.dpo_config(r, folder, previous, pairs_file))
+        metrics = await self.evaluate(r, folder, previous, pairs, judged, dpo)
+        rows_file = self.out / "metrics.jsonl"
+        kept = [row for row in read_jsonl(rows_file) if row.get("round", 0) < r] if rows_file.exists() else []
+        write_jsonl(rows_file, [*kept, metrics])
+        write_json_atomic(folder / "round.json", {"round": r, "metrics": metrics})  # last: the round is done
+        return metrics
+
+    async def judge_round(self, r: int, folder: Path, prompts: Path, previous: str) -> Path:
+        from cai.judge_run import judge_run
+
+        config = self.config
+        judge_config = JudgeConfig(**{**config.judge, "source": str(prompts), "strategy": "sampled",
+                                      "samples_per_prompt": config.samples_per_prompt, "pairing": "all",
+                                      "policy_temperature": config.temperature,
+                                      "policy_max_new_tokens": config.max_new_tokens, "seed": config.seed + r,
+                                      "output_dir": str(folder), "run_name": "judge",
+                                      "engine": config.judge_engine})
+        policy = await self.serve(previous)
+        await judge_run(judge_config, engine=self.judge_engine(), policy=policy, progress=config.progress)
+        return folder / "judge"
+
+    def dpo_config(self, r: int, folder: Path, previous: str, pairs: Path) -> Any:
+        from cai.train.config import DPOConfig
+
+        config = self.config
+        fields = {k: getattr(config, k) for k in DPOConfig.model_fields if k in type(config).model_fields}
+        fields.update(model=previous, data=str(pairs), out=str(folder / "model"), max_steps=config.max_steps_per_round,
+                      reference_model=None if r == 1 else self.start, resume=True, overwrite=False,
+                      eval_data=None, seed=config.seed + r)
+        return DPOConfig(**fields)
+
+    # --- evaluation -----------------------------------------------------------------------------------------
+    async def answers(self, name: str, path: str) -> list[dict]:
+        """Held-out answers of the model at `path` (sampled once, kept in OUT/heldout/<name>.jsonl)."""
+        from vllm import SamplingParams
+
+        file = self.out / "heldout" / f"{name}.jsonl"
+        if file.is_file():
+            return list(read_jsonl(file))
+        engine = await self.serve(path)
+        params = SamplingParams(n=1, temperature=self.config.temperature, top_p=1.0, top_k=0,
+                                max_tokens=self.config.max_new_tokens)
+        prompt_ids = [self.tokenizer.apply_chat_template(i.messages, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=False) for i in self.heldout]
+
+        tokens = await asyncio.gather(*(engine.generate_ids(ids, params) for ids in prompt_ids))
+        rows = [{"id": item.id, "prompt_ids": ids, "response_ids": list(t),
+                 "text": self.tokenizer.decode(t, skip_special_tokens=True).strip()}
+                for item, ids, t in zip(self.heldout, prompt_ids, tokens, strict=True)]
+        file.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(file, rows)
+        return rows
+
+    async def win_rate(self, new: list[dict], old: list[dict], r: int, against: str) -> dict[str, Any]:
+        """The judge's mean P(new answer better), both orders, over the held-out prompts, with a bootstrap CI."""
+        from cai.constitution import load_constitution, sample_rng
+        from cai.judge import judge_pair, option_token_ids
+        from cai.judge_run import settings_of
+        from cai.model_eval import bootstrap_interval
+
+        judge_config = JudgeConfig(source="-", **self.config.judge)
+        constitution = load_constitution(judge_config.constitution)
+        judge = self.judge_engine()
+        settings, ids = settings_of(judge_config), option_token_ids(judge.local_tokenizer())
+
+        async def one(item, a, b):
+            principles = constitution.sample_preference_principles(
+                sample_rng(self.config.seed, f"{item.id}/round-{r}/{against}"), judge_config.principles_per_pair)
+            return (await judge_pair(judge, item.messages, a["text"], b["text"], principles, settings, ids,
+                                     min_principles=judge_config.min_valid_principles))[1]
+
+        judged = await asyncio.gather(*(one(i, a, b) for i, a, b in zip(self.heldout, new, old, strict=True)))
+        labels = [label for label in judged if label.valid]
+        wins = [label.p_first for label in labels]
+        low, high = bootstrap_interval(wins, 1000, self.config.seed) if wins else (None, None)
+        consistency = [label.position_consistency for label in labels]
+        return {"win_rate": sum(wins) / len(wins) if wins else None, "ci95": [low, high], "valid": len(wins),
+                "position_consistency": sum(consistency) / len(consistency) if consistency else None}
+
+    async def evaluate(self, r: int, folder: Path, previous: str, pairs: list[dict], judged: Path,
+                 dpo: dict[str, Any]) -> dict[str, Any]:
+        model = str(folder / "model")
+        new = await self.answers(f"round-{r}", model)
+        old = await self.answers("start" if r == 1 else f"round-{r - 1}", previous)
+        start = await self.answers("start", self.start)
+        sampled = [len(self.tokenizer.encode(text, add_special_tokens=False))
+                   for row in read_jsonl(judged / "responses.jsonl") for text in row["responses"]]
+        metrics = {
+            "round": r,
+            "pairs": len(pairs),
+            "vs_previous": await self.win_rate(new, old, r, "previous"),
+            "vs_start": await self.win_rate(new, start, r, "start"),
+            "label_confidence": sum(p["p_chosen"] for p in pairs) / len(pairs),
+            "sample_length_tokens": sum(sampled) / len(sampled) if sampled else None,
+            "heldout_length_tokens": sum(len(a["response_ids"]) for a in new) / len(new),
+            "kl_to_start": kl_estimate(model, self.start, new, self.config.trust_remote_code),
+            "weight_sync_seconds": self.sync_seconds[-1] if self.sync_seconds else None,
+            **{f"dpo/{k}": v for k, v in dpo.items() if k.split("/")[0] in ("loss", "rewards", "eval")
+               and isinstance(v, int | float)},
+        }
+        return metrics
+
+    def publish(self, model: Path) -> None:
+        """The last round's model files into OUT (configuration, weights, tokenizer)."""
+        for item in model.iterdir():
+            if item.is_file() and item.name not in ("metrics.jsonl", "train_manifest.json", ".lock"):
+                shutil.copy2(item, self.out / item.name)
+
+
+@torch.no_grad()
+def kl_estimate(model_path: str, reference_path: str, answers: list[dict], trust_remote_code: bool = False) -> float:
+    """Monte Carlo KL(policy || reference) per answer: the mean over answers sampled from the policy (at
+    temperature 1) of the summed log-ratio of their tokens."""
+    from cai.train.config import TrainConfig
+    from cai.train.experience import response_logprobs
+    from cai.train.modeling import load_causal_lm
+    from cai.train.rollouts import rollout_batch
+
+    settings = TrainConfig(data="-", out="-", trust_remote_code=trust_remote_code)
+    models = [load_causal_lm(p, settings, torch.float32).eval() for p in (model_path, reference_path)]
+    total, pad = 0.0, 0
+    for start in range(0, len(answers), 8):
+        chunk = [a for a in answers[start: start + 8] if a["response_ids"]]
+        if not chunk:
+            continue
+        batch = rollout_batch([a["prompt_ids"] for a in chunk], [a["response_ids"] for a in chunk], pad)
+        logps = [response_logprobs(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     position_ids=batch["position_ids"]).logits, batch, 1.0)[0] for m in models]
+        total += float(((logps[0] - logps[1]) * batch["response_mask"]).sum())
+    return total / len(answers)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    from cai.export import write_jsonl_atomic
+
+    write_jsonl_atomic(path, rows)

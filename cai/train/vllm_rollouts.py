@@ -1,0 +1,110 @@
+"""Rollouts on vLLM: `VLLMRollouts` samples the policy's responses on a vLLM engine and keeps that engine's
+weights equal to the policy being trained (`cai train ppo --rollouts vllm`, and `cai train online-dpo`).
+
+    rollouts = VLLMRollouts(model_path, tokenizer, max_new_tokens=64, temperature=0.7)
+    responses = rollouts.generate(prompt_ids)   # token ids, ending with an end token unless cut
+    rollouts.sync_weights(policy)               # after each update
+
+`sync_weights` saves the policy (LoRA merged into a copy) as a safetensors checkpoint in a scratch folder and
+either reloads the engine's weights in place from it (`inplace`: vLLM's `reload_weights` through
+`collective_rpc`, prefix cache reset, the engine keeps running) or starts a fresh engine on it (`reload`). Both are
+timed (`sync_seconds`): `benchmarks/bench_rollouts.py` prints them. Sampling is exactly what PPO's log-probs
+describe: softmax(logits / T) over the whole vocabulary (top_k and top_p off, and `generation_config: vllm` so a
+checkpoint's own sampling defaults, such as a repetition penalty, never apply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from cai.train.rollouts import end_ids, hf_model
+
+Sync = Literal["inplace", "reload"]
+
+
+class VLLMRollouts:
+    def __init__(self, model_path: str, tokenizer: Any, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, sync: Sync = "inplace", engine_settings: dict[str, Any] | None = None,
+                 policy: torch.nn.Module | None = None):
+        self.model_path = model_path
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.sync = sync
+        self.engine_settings = dict(engine_settings or {})
+        self.stop = end_ids(tokenizer, policy) if policy is not None else end_ids(tokenizer, torch.nn.Module())
+        self.sync_seconds: list[float] = []
+        self._scratch = Path(tempfile.mkdtemp(prefix="cai-rollout-weights-"))
+        self._loop = asyncio.new_event_loop()
+        self.engine = self._start(model_path)
+
+    def _start(self, path: str) -> Any:
+        from cai.engines import EngineConfig, create_engine
+
+        extra = {**self.engine_settings.get("extra", {}), "generation_config": "vllm"}
+        config = EngineConfig(model=path, **{**self.engine_settings, "extra": extra})
+
+        async def start():
+            return create_engine(config)
+
+        engine = self._loop.run_until_complete(start())
+        return engine
+
+    def sampling_params(self) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, top_k=0,
+                              max_tokens=self.max_new_tokens, stop_token_ids=sorted(self.stop), detokenize=False)
+
+    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        params = self.sampling_params()
+
+        async def run():
+            return await asyncio.gather(*(self.engine.generate_ids(ids, params) for ids in prompt_ids))
+
+        return [list(r) for r in self._loop.run_until_complete(run())]
+
+    def save_policy(self, policy: torch.nn.Module) -> Path:
+        """The policy as a plain checkpoint in the scratch folder (LoRA merged into a copy)."""
+        import copy
+
+        model = policy.module if hasattr(policy, "module") else policy
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        model = hf_model(model)
+        folder = self._scratch / f"step-{len(self.sync_seconds)}"
+        model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        started = time.monotonic()
+        folder = self.save_policy(policy)
+        self.load(folder)
+        self.sync_seconds.append(time.monotonic() - started)
+
+    def load(self, folder: str | Path) -> None:
+        """Serve the checkpoint in `folder` from now on (in place or by a fresh engine, per `sync`)."""
+        if self.sync == "inplace":
+            self._loop.run_until_complete(self.engine.load_weights(str(folder)))
+        else:
+            self._loop.run_until_complete(self.engine.close())
+            self.engine = self._start(str(folder))
+        for old in self._scratch.iterdir():  # the engine no longer reads the older checkpoints
+            if old != Path(folder) and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self._loop.run_until_complete(self.engine.close())
+            self.engine = None
+        self._loop.close()
+        shutil.rmtree(self._scratch, ignore_errors=True)
