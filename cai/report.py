@@ -197,6 +197,44 @@ def cost_plot(rows: list[dict], folder: Path) -> str | None:
     return _save(fig, folder, "ppo_cost_lambda.png")
 
 
+def online_section(run: Path, folder: Path) -> tuple[str, list[str]]:
+    """Online iterative DPO: the judged win-rates of each round (against the start and the round before) and
+    the KL to the starting model, per round."""
+    path = run / "online" / "metrics.jsonl"
+    if not path.exists():
+        return "", []
+    rows = sorted(read_jsonl(path), key=lambda r: r["round"])
+    if not rows:
+        return "", []
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    rounds = [r["round"] for r in rows]
+    for key, color, label in (("vs_start", "#55a868", "vs start"), ("vs_previous", "#4c72b0", "vs previous round")):
+        points = [(r["round"], r[key]) for r in rows if r[key]["win_rate"] is not None]
+        xs, ys = [p[0] for p in points], [p[1]["win_rate"] for p in points]
+        errors = [[y - p[1]["ci95"][0] for y, p in zip(ys, points, strict=True)],
+                  [p[1]["ci95"][1] - y for y, p in zip(ys, points, strict=True)]]
+        left.errorbar(xs, ys, yerr=errors, marker="o", capsize=4, color=color, label=label)
+    left.axhline(0.5, color="grey", linestyle="--")
+    left.set_ylim(0, 1)
+    left.set_xticks(rounds)
+    left.set_xlabel("round")
+    left.set_title("judged win-rate, held-out (95% CI)")
+    left.legend(fontsize=7)
+    right.plot(rounds, [r["kl_to_start"] for r in rows], marker="o", color="#c44e52")
+    right.set_xticks(rounds)
+    right.set_xlabel("round")
+    right.set_title("KL to the starting model")
+    image = _save(fig, folder, "online_rounds.png")
+    last = rows[-1]
+    body = (f"<p>{len(rows)} round(s) of sample -> judge -> DPO. After round {last['round']}: win-rate against the "
+            f"start {_fmt(last['vs_start']['win_rate'])} (95% CI {_fmt(last['vs_start']['ci95'][0])} to "
+            f"{_fmt(last['vs_start']['ci95'][1])}), against the round before {_fmt(last['vs_previous']['win_rate'])}"
+            f"; label confidence {_fmt(last['label_confidence'])}, KL to the start {_fmt(last['kl_to_start'])}."
+            f'</p><img src="{image}" alt="online rounds">')
+    return _section("Online rounds", body), [image]
+
+
 def overoptimisation_plot(rows: list[dict], folder: Path) -> str | None:
     """PPO's held-out proxy reward against sqrt(KL) per evaluation step."""
     points = [(r["eval/objective/kl"], r["eval/objective/scores"], r["step"]) for r in rows
@@ -303,12 +341,12 @@ def write_report(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise UsageError(f"{run} is not a folder (a `cai run` output folder, such as outputs/quickstart)")
-    if not any((run / stage).exists() for stage in ("generate", "judge", "sft", "dpo", "eval")):
+    if not any((run / stage).exists() for stage in ("generate", "judge", "sft", "dpo", "online", "eval")):
         raise UsageError(f"{run} holds no cai stage output to report on")
     folder = run / "report"
     folder.mkdir(parents=True, exist_ok=True)
     sections = []
-    for build in (generate_section, judge_section, training_section, eval_section):
+    for build in (generate_section, judge_section, training_section, online_section, eval_section):
         text, _ = build(run, folder)
         if text:
             sections.append(text)
