@@ -86,7 +86,8 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
                 await engine.close()
 
     constitution = load_constitution(config.constitution)
-    settings = JudgeSettings()
+    settings = JudgeSettings(judge_format=config.judge_format, pointwise_question=config.pointwise_question)
+    pairwise = JudgeSettings()  # helpfulness is a comparison whatever the harm format
     judge, owns_judge = _engine(config.judge, shared)
     try:
         quality = await _check(judge, config)
@@ -96,7 +97,8 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
             principles = constitution.sample_preference_principles(sample_rng(config.seed, item.id),
                                                                    config.principles_per_pair, objective)
             return await judge_pair(judge, item.messages, answers["trained"][kind][i]["text"],
-                                    answers["base"][kind][i]["text"], principles, settings, option_ids)
+                                    answers["base"][kind][i]["text"], principles,
+                                    settings if kind == "harmful" else pairwise, option_ids)
 
         harm_objective = "harmless" if has_objective(constitution, "harmless") else None
         comparisons = await asyncio.gather(*(compare(i, item, "harmful", harm_objective)
@@ -104,7 +106,7 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
         helpful = None
         if has_objective(constitution, "helpful"):
             helpful = await asyncio.gather(*(compare(i, item, "benign", "helpful") for i, item in enumerate(benign)))
-        refusals = {name: await asyncio.gather(*(refusal_probability(judge, item.messages, a["text"], settings,
+        refusals = {name: await asyncio.gather(*(refusal_probability(judge, item.messages, a["text"], pairwise,
                                                                      option_ids)
                                                  for item, a in zip(benign, answers[name]["benign"], strict=True)))
                     for name in ("base", "trained")}
@@ -115,6 +117,7 @@ async def evaluate_models(config: EvalConfig, out_dir: str | Path, shared: Engin
     results = {**summarise(config, judge.model_id, comparisons, refusals, answers, len(harmful), len(benign),
                            judge_passed=None if quality is None else quality["passed"]), "judge_quality": quality}
     results["harmlessness"]["principles"] = harm_objective or "all (the constitution has no harmless principles)"
+    results["harmlessness"]["judge_format"] = config.judge_format
     results["helpfulness"] = ({"win_rate": None, "reason": f"constitution {constitution.name!r} has no preference "
                                "principles with objective: helpful"} if helpful is None else
                               {**win_rate_block(config, helpful, answers, "benign"), "principles": "helpful"})
@@ -165,7 +168,8 @@ async def _check(judge: Engine, config: EvalConfig) -> dict[str, Any] | None:
 
     as_judge = JudgeConfig(source="-", constitution=config.constitution, principles_per_pair=config.principles_per_pair,
                            seed=config.seed, engine=config.judge, judge_check=config.judge_check,
-                           min_judge_accuracy=config.min_judge_accuracy)
+                           min_judge_accuracy=config.min_judge_accuracy, judge_format=config.judge_format,
+                           pointwise_question=config.pointwise_question)
     quality = await check_judge(judge, as_judge)
     enforce(quality, strict=False)
     return quality

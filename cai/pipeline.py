@@ -74,7 +74,10 @@ class Pipeline:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.run = Path(recipe.output_dir) / check_run_name(recipe.name)
-        self.base_model = recipe.generate.get("engine", {}).get("model")
+        self.base_model = recipe.generate.get("engine", {}).get("model") or next(
+            (getattr(recipe, s).get("model") for s in recipe.stages
+             if STAGES[s].trains_policy and getattr(recipe, s).get("model")), None)
+        """The model the recipe starts from: generate's, else the first training stage's own `model`."""
         self.configs: dict[str, BaseModel] = {}
         try:
             for name in recipe.stages:

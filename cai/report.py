@@ -171,7 +171,9 @@ def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
             html_parts.append(f'<img src="{image}" alt="proxy reward against sqrt(KL)"><p>Held-out proxy reward '
                               "against the square root of the KL to the reference at each evaluation: a reward that "
                               "keeps rising while the distance grows is what over-optimisation of a learned reward "
-                              "looks like (Gao et al. 2022); check it with a judge before trusting it.</p>")
+                              "looks like (Gao et al. 2022). With `--eval-judge`, the AI judge's win-rate of "
+                              "the same answers over the step-0 answers is plotted beside it (green): a reward "
+                              "that climbs while the judge's win-rate does not is being hacked.</p>")
     return (_section("Training", "".join(html_parts)) if html_parts else ""), images
 
 
@@ -248,8 +250,16 @@ def overoptimisation_plot(rows: list[dict], folder: Path) -> str | None:
     for x, (_, score, step) in zip(xs, points, strict=True):
         ax.annotate(f"step {step}", (x, score), fontsize=7)
     ax.set_xlabel("sqrt(KL to the reference)")
-    ax.set_ylabel("held-out proxy reward")
+    ax.set_ylabel("held-out proxy reward", color="#8172b3")
     ax.set_title("PPO: reward vs distance")
+    judged = [(max(r["eval/objective/kl"], 0.0) ** 0.5, r["eval/judge_win_rate"]) for r in rows
+              if "eval/judge_win_rate" in r and "eval/objective/kl" in r]
+    if judged:  # the judge's view of the same answers: does it follow the proxy reward?
+        twin = ax.twinx()
+        twin.plot([x for x, _ in judged], [w for _, w in judged], marker="s", color="#55a868")
+        twin.axhline(0.5, color="#55a868", linestyle=":")
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("judge win-rate vs step 0", color="#55a868")
     return _save(fig, folder, "ppo_overoptimisation.png")
 
 

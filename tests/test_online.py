@@ -125,19 +125,26 @@ def test_ppo_samples_on_vllm_and_syncs_every_step(tmp_path):
     rm, tok, _ = load_reward_model(None)
     rm.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
-    trainer = prepare_ppo(PPOConfig(out=str(tmp_path / "ppo"), reward_model=str(tmp_path / "rm"), limit=8,
-                                    eval_fraction=0.0, rollout_batch_size=4, batch_size=4, ppo_epochs=1,
+    trainer = prepare_ppo(PPOConfig(out=str(tmp_path / "ppo"), reward_model=str(tmp_path / "rm"), limit=10,
+                                    eval_fraction=0.2, rollout_batch_size=4, batch_size=4, ppo_epochs=1,
                                     max_new_tokens=4, max_length=128, max_prompt_length=96, max_steps=2,
                                     rollouts="vllm", rollout_gpu_memory_utilization=0.15, progress=False,
-                                    missing_eos_penalty=0.0))
+                                    missing_eos_penalty=0.0, eval_judge="default"))
     rollouts = trainer.rollouts
     assert type(rollouts).__name__ == "VLLMRollouts"
     trainer.train()
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert all(1 <= r["response_length"] <= 4 and r["time/rollout_s"] > 0 for r in rows)
+    steps = [r for r in rows if "objective/scores" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(1 <= r["response_length"] <= 4 and r["time/rollout_s"] > 0 for r in steps)
     assert len(rollouts.sync_seconds) == 2  # after each step
     assert rollouts.engine is None  # closed with the run
+    # the evaluation judge: step 0 stores the baseline answers, the final evaluation is judged against them
+    evals = [r for r in rows if "eval/objective/scores" in r]
+    assert [r["step"] for r in evals] == [0, 2] and "eval/judge_win_rate" not in evals[0]
+    assert 0 <= evals[1]["eval/judge_win_rate"] <= 1 and 1 <= evals[1]["eval/judge_valid"] <= 2
+    baseline = json.loads((tmp_path / "ppo" / "eval_judge_baseline.json").read_text())
+    assert len(baseline["answers"]) == 2
 
 
 def whole_lines(path: Path) -> list[str]:

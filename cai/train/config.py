@@ -233,6 +233,12 @@ class PPOConfig(TrainConfig):
     rollout_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
     """`--rollouts vllm`: the engine's share of accelerator memory (on a CPU, of the node's memory for its KV
     cache); the rest stays for training."""
+    eval_judge: str | None = None
+    """A judge for the held-out evaluations (`default` for the embedded model, or a model): its win-rate of
+    each evaluation's answers over the step-0 answers (`eval/judge_win_rate`), plotted in the report beside the
+    proxy reward, so over-optimisation of the reward model shows."""
+    eval_judge_constitution: str = "harmless"
+    """Where the evaluation judge's principles come from (its `harmless` ones when it has any)."""
     cost_model: str | None = None
     """A `cai train cost` folder: PPO then maximises reward subject to E[cost] <= `cost_limit` (Safe RLHF), with a
     Lagrange multiplier lambda on the cost. Unset: plain reward PPO."""

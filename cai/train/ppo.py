@@ -29,6 +29,7 @@ from cai.errors import UsageError
 from cai.train.config import PPOConfig
 from cai.train.data import DataError, fit_prompt
 from cai.train.ensemble import is_ensemble, make_scorer, members
+from cai.train.eval_judge import response_strings
 from cai.train.experience import CostExperience, Experience, kept, response_logprobs, response_values
 from cai.train.loop import Trainer
 from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
@@ -109,6 +110,12 @@ class PPOTrainer(Trainer):
                                                  config.lambda_max, config.lambda_window)
         self.episodes = 0
         self.rollouts: RolloutGenerator = self._rollouts(extra_manifest["model_path"])
+        self.eval_judge = None
+        if config.eval_judge and self.eval_examples and self.accelerator.is_main_process:
+            from cai.train.eval_judge import EvalJudge
+
+            self.eval_judge = EvalJudge(config.eval_judge, self.out / "eval_judge_baseline.json",
+                                        config.eval_judge_constitution, seed=config.seed)
 
     def _rollouts(self, model_path: str) -> RolloutGenerator:
         config, policy = self.config, self.unwrapped.policy
@@ -321,9 +328,9 @@ class PPOTrainer(Trainer):
         try:
             return self.finish(bar, last)
         finally:
-            close = getattr(self.rollouts, "close", None)
-            if close is not None:
-                close()
+            for closing in (self.rollouts, self.eval_judge):
+                if getattr(closing, "close", None) is not None:
+                    closing.close()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -332,7 +339,7 @@ class PPOTrainer(Trainer):
         examples = [e for e in self.eval_examples[: self.config.eval_prompts or None]
                     for _ in range(self.config.eval_samples)]
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        scores, kls, lengths, costs = [], [], [], []
+        scores, kls, lengths, costs, texts = [], [], [], [], []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed + 7919)
             for start in range(0, len(examples), self.config.rollout_batch_size):
@@ -347,6 +354,7 @@ class PPOTrainer(Trainer):
                 kls += kl.tolist()
                 lengths += batch["response_mask"].sum(1).tolist()
                 costs += [] if cost is None else cost.tolist()
+                texts += response_strings(self.tokenizer, batch)
         mean = lambda values: sum(values) / len(values)  # noqa: E731
         result = {"eval/objective/scores": mean(scores), "eval/objective/kl": mean(kls),
                   "eval/objective/rlhf_reward": mean(scores) - self.kl.value * mean(kls),
@@ -354,6 +362,11 @@ class PPOTrainer(Trainer):
         if costs:
             result.update({"eval/objective/cost": mean(costs),
                            "eval/objective/unsafe_share": sum(c > 0 for c in costs) / len(costs)})
+        if self.eval_judge is not None and self.accelerator.is_main_process:
+            prompts = [e["messages"] for e in examples]
+            baseline = self.eval_judge.baseline(prompts, texts)
+            if baseline is not None:
+                result.update(self.eval_judge.win_rate(prompts, texts, baseline))
         return result
 
     def save_final(self) -> None:
