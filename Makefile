@@ -1,5 +1,5 @@
 # The two commands of the README. Each sets itself up first (scripts/setup.sh is quick once done).
-.PHONY: setup quickstart test lint bench
+.PHONY: setup quickstart test lint bench bench-rl bench-train
 
 setup:
 	@scripts/setup.sh
@@ -21,6 +21,13 @@ bench: setup
 	.venv/bin/python benchmarks/bench_generate.py
 	.venv/bin/python benchmarks/bench_judge.py
 	.venv/bin/python benchmarks/bench_openai.py
+	.venv/bin/python benchmarks/bench_rollouts.py
+
+# The RL comparisons train models (about 10 minutes each on 2 cores); bench-safe-rlhf needs recipes/safe-rlhf.yaml's run.
+bench-rl: setup
+	.venv/bin/python benchmarks/bench_online.py
+	.venv/bin/cai run recipes/safe-rlhf.yaml
+	.venv/bin/python benchmarks/bench_safe_rlhf.py
 
 # TRL is installed only for this comparison.
 bench-train: setup

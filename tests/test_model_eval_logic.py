@@ -30,9 +30,11 @@ class ScriptedJudge(Engine):
 
     def __init__(self, favoured: str, p: float):
         self.favoured, self.p = favoured, p
+        self.questions: list[str] = []
 
     async def generate(self, messages, sampling, *, continue_final=False):
         question = messages[-2]["content"]
+        self.questions.append(question)
         option_a = re.search(r"\(A\) (.*?)\n\n\(B\)", question, re.S).group(1)
         return letter_answer(self.p if self.favoured in option_a else 1 - self.p)
 
@@ -91,3 +93,30 @@ def test_win_rate_favours_the_trained_models_answer_not_the_first_shown(tmp_path
     examples = json.loads((tmp_path / "examples.json").read_text())
     assert all(e["trained"] == "answer from trained-model" and e["p_trained_better"] == pytest.approx(0.9)
                for e in examples)
+
+
+def test_helpfulness_win_rate_uses_the_helpful_principles_on_benign_prompts(tmp_path, monkeypatch):
+    from cai.constitution import load_constitution
+
+    judge = ScriptedJudge(favoured="answer from trained-model", p=0.8)
+    engines = {"base-model": ScriptedModel("base-model"), "trained-model": ScriptedModel("trained-model"),
+               "judge-model": judge}
+    monkeypatch.setattr(model_eval, "_engine", lambda config, shared: (engines[config.model], False))
+    config = EvalConfig(trained="trained-model", base="base-model", harmful_limit=3, benign_limit=2,
+                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200, check_judge=False)
+    results = asyncio.run(evaluate_models(config, tmp_path))
+    helpful = results["helpfulness"]
+    assert helpful["win_rate"] == pytest.approx(0.8) and helpful["valid"] == 2 and helpful["principles"] == "helpful"
+    assert results["harmlessness"]["principles"] == "harmless"
+    principles = load_constitution("harmless").preference_principles
+    asked = lambda objective: sum(q.count(p.question) for q in judge.questions  # noqa: E731
+                                  for p in principles if p.objective == objective)
+    # helpful: 2 benign prompts x 2 principles x 2 orders; harmless: 3 harmful prompts x 2 x 2
+    assert (asked("helpful"), asked("harmless")) == (8, 12)
+
+    no_helpful = tmp_path / "c.yaml"
+    no_helpful.write_text("name: c\nprinciples: [{id: p, critique_request: c, revision_request: r}]\n"
+                          "preference_principles: [{id: a, question: 'Which is less harmful?'}]\n")
+    results = asyncio.run(evaluate_models(config.model_copy(update={"constitution": str(no_helpful)}), tmp_path))
+    assert results["helpfulness"]["win_rate"] is None and "objective: helpful" in results["helpfulness"]["reason"]
+    assert results["harmlessness"]["win_rate"] == pytest.approx(0.8)
