@@ -158,23 +158,22 @@ def training_section(run: Path, folder: Path) -> tuple[str, list[str]]:
         images.append(_save(fig, folder, f"train_{stage}.png"))
         html_parts.append(f'<img src="train_{stage}.png" alt="{stage} training curves">')
     if (run / "ppo" / "metrics.jsonl").exists():
-        image = cost_plot(list(read_jsonl(run / "ppo" / "metrics.jsonl")), folder)
-        if image:
-            images.append(image)
-            html_parts.append(f'<img src="{image}" alt="PPO cost and lambda per step"><p>Safe RLHF: the mean episode '
-                              "cost against its limit, and the Lagrange multiplier lambda that weighs cost against "
-                              "reward. lambda should rise while the cost is above the limit and fall once it is "
-                              "below.</p>")
-        image = overoptimisation_plot(list(read_jsonl(run / "ppo" / "metrics.jsonl")), folder)
-        if image:
-            images.append(image)
-            html_parts.append(f'<img src="{image}" alt="proxy reward against sqrt(KL)"><p>Held-out proxy reward '
-                              "against the square root of the KL to the reference at each evaluation: a reward that "
-                              "keeps rising while the distance grows is what over-optimisation of a learned reward "
-                              "looks like (Gao et al. 2022). With `--eval-judge`, the AI judge's win-rate of "
-                              "the same answers over the step-0 answers is plotted beside it (green): a reward "
-                              "that climbs while the judge's win-rate does not is being hacked.</p>")
+        rows = list(read_jsonl(run / "ppo" / "metrics.jsonl"))
+        for image, alt, text in ((cost_plot(rows, folder), "PPO cost and lambda per step", COST_TEXT),
+                                 (overoptimisation_plot(rows, folder), "proxy reward against sqrt(KL)", OVEROPT_TEXT)):
+            if image:
+                images.append(image)
+                html_parts.append(f'<img src="{image}" alt="{alt}"><p>{text}</p>')
     return (_section("Training", "".join(html_parts)) if html_parts else ""), images
+
+
+COST_TEXT = ("Safe RLHF: the mean episode cost against its limit, and the Lagrange multiplier lambda that weighs "
+             "cost against reward. lambda should rise while the cost is above the limit and fall once it is below.")
+OVEROPT_TEXT = ("Held-out proxy reward against the square root of the KL to the reference at each evaluation: a "
+                "reward that keeps rising while the distance grows is what over-optimisation of a learned reward "
+                "looks like (Gao et al. 2022). With `--eval-judge`, the AI judge's win-rate of the same answers "
+                "over the step-0 answers is plotted beside it (green): a reward that climbs while the judge's "
+                "win-rate does not is being hacked.")
 
 
 def cost_plot(rows: list[dict], folder: Path) -> str | None:

@@ -22,7 +22,7 @@ from cai.train.data import DataError, Truncation, load_rows, objective_rows, tok
 from cai.train.loop import Trainer
 from cai.train.losses import cost_loss
 from cai.train.modeling import add_lora, disable_dropout, load_tokenizer
-from cai.train.reward import collate_reward_pairs, load_reward_model, sequence_scores
+from cai.train.reward import collate_reward_pairs, held_out_scores, load_reward_model, sequence_scores
 from cai.train.sft import split_eval
 
 
@@ -57,14 +57,8 @@ class CostTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        was_training = self.model.training
-        self.model.eval()
         losses, pair_hits, costs, targets = [], [], [], []
-        for start in range(0, len(self.eval_examples), self.config.batch_size):
-            chunk = self.eval_examples[start: start + self.config.batch_size]
-            batch = self._to_device(self.collate(chunk))
-            with self.accelerator.autocast():
-                scores = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
+        for _, batch, scores in held_out_scores(self):
             half = scores.shape[0] // 2
             loss, _ = cost_loss(scores[:half], scores[half:], batch["p_chosen"], batch["unsafe_chosen"],
                                 batch["unsafe_rejected"], self.config.classification_weight)
@@ -72,7 +66,6 @@ class CostTrainer(Trainer):
             pair_hits += (scores[half:] > scores[:half]).float().tolist()
             costs += scores.tolist()
             targets += batch["unsafe_chosen"].tolist() + batch["unsafe_rejected"].tolist()
-        self.model.train(was_training)
         known = [(c, u) for c, u in zip(costs, targets, strict=True) if not math.isnan(u)]
         result = {"eval/loss": sum(losses) / len(losses), "eval/costs/pair_accuracy": sum(pair_hits) / len(pair_hits),
                   "eval/pairs": float(len(pair_hits)), "eval/costs/known_responses": float(len(known))}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,26 +115,36 @@ def calibration_error(p_model: list[float], p_target: list[float], bins: int = 1
                for b in buckets if b)
 
 
+@torch.no_grad()
+def held_out_scores(trainer: Trainer) -> Iterator[tuple[list[dict], dict[str, torch.Tensor], torch.Tensor]]:
+    """Each held-out chunk of pairs, its batch and the model's sequence scores (chosen half, then rejected half),
+    in eval mode and the training precision; the model's mode is restored after."""
+    was_training = trainer.model.training
+    trainer.model.eval()
+    try:
+        for start in range(0, len(trainer.eval_examples), trainer.config.batch_size):
+            chunk = trainer.eval_examples[start: start + trainer.config.batch_size]
+            batch = trainer._to_device(trainer.collate(chunk))
+            with trainer.accelerator.autocast():
+                scores = sequence_scores(trainer.model, batch["input_ids"], batch["attention_mask"])
+            yield chunk, batch, scores
+    finally:
+        trainer.model.train(was_training)
+
+
 class RewardTrainer(Trainer):
     """The shared loop; evaluation adds calibration over the whole held-out split (ECE needs all of it)."""
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        was_training = self.model.training
         result = super().evaluate()
-        self.model.eval()
         p_model, p_target, all_scores, lengths = [], [], [], []
-        for start in range(0, len(self.eval_examples), self.config.batch_size):
-            chunk = self.eval_examples[start: start + self.config.batch_size]
-            batch = self._to_device(self.collate(chunk))
-            with self.accelerator.autocast():
-                scores = sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
+        for chunk, batch, scores in held_out_scores(self):
             half = scores.shape[0] // 2
             p_model += torch.sigmoid(scores[:half] - scores[half:]).tolist()
             p_target += batch["p_chosen"].tolist() if "p_chosen" in batch else [1.0] * half
             all_scores += scores.tolist()
             lengths += [len(e["chosen_ids"]) for e in chunk] + [len(e["rejected_ids"]) for e in chunk]
-        self.model.train(was_training)
         if p_model:
             from cai.diagnostics import pearson
 
