@@ -97,7 +97,7 @@ def test_vllm_rollouts_sample_from_weights_synced_in_place():
         return out
 
     rollouts = VLLMRollouts(path, tokenizer, max_new_tokens=6, temperature=0.0,
-                            engine_settings={"gpu_memory_utilization": 0.15, "max_model_len": 512})
+                            engine_settings={"gpu_memory_utilization": 0.1, "max_model_len": 512})
     try:
         cut = lambda rows: [r[:6] for r in rows]  # noqa: E731
         before = greedy(model)
@@ -128,8 +128,9 @@ def test_ppo_samples_on_vllm_and_syncs_every_step(tmp_path):
     trainer = prepare_ppo(PPOConfig(out=str(tmp_path / "ppo"), reward_model=str(tmp_path / "rm"), limit=10,
                                     eval_fraction=0.2, rollout_batch_size=4, batch_size=4, ppo_epochs=1,
                                     max_new_tokens=4, max_length=128, max_prompt_length=96, max_steps=2,
-                                    rollouts="vllm", rollout_gpu_memory_utilization=0.15, progress=False,
-                                    missing_eos_penalty=0.0, eval_judge="default"))
+                                    rollouts="vllm", rollout_gpu_memory_utilization=0.1, progress=False,
+                                    missing_eos_penalty=0.0, eval_judge="default",
+                                    eval_judge_gpu_memory_utilization=0.1))
     rollouts = trainer.rollouts
     assert type(rollouts).__name__ == "VLLMRollouts"
     trainer.train()
@@ -155,7 +156,12 @@ def whole_lines(path: Path) -> list[str]:
 
 
 def _online_command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "cai", "train", "online-dpo", "--rounds", "2", "--samples-per-prompt", "2",
+    # small engines: the session's engine (and the server tests' one) may still be alive beside these two
+    config = out.parent / "engines.yaml"
+    config.write_text("engine: {gpu_memory_utilization: 0.1, max_model_len: 512}\n"
+                      "judge_engine: {gpu_memory_utilization: 0.1, max_model_len: 1024}\n")
+    return [sys.executable, "-m", "cai", "train", "online-dpo", "--config", str(config),
+            "--rounds", "2", "--samples-per-prompt", "2",
             "--principles", "1", "--max-steps-per-round", "2", "--save-steps", "1", "--heldout-prompts", "3",
             "--prompts-per-round", "3", "--max-new-tokens", "16", "--limit", "9", "--no-judge-check",
             "--batch-size", "2", "--max-length", "192", "--max-prompt-length", "128", "--no-progress",

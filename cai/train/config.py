@@ -239,6 +239,9 @@ class PPOConfig(TrainConfig):
     proxy reward, so over-optimisation of the reward model shows."""
     eval_judge_constitution: str = "harmless"
     """Where the evaluation judge's principles come from (its `harmless` ones when it has any)."""
+    eval_judge_gpu_memory_utilization: float = Field(default=0.15, gt=0, le=1)
+    """The evaluation judge's engine share of accelerator memory (on a CPU, of the node's memory for its KV
+    cache): one-token answers need little."""
     cost_model: str | None = None
     """A `cai train cost` folder: PPO then maximises reward subject to E[cost] <= `cost_limit` (Safe RLHF), with a
     Lagrange multiplier lambda on the cost. Unset: plain reward PPO."""

@@ -16,12 +16,13 @@ from typing import Any
 
 class EvalJudge:
     def __init__(self, model: str, baseline_file: Path, constitution: str = "harmless", principles: int = 2,
-                 seed: int = 0):
+                 seed: int = 0, gpu_memory_utilization: float | None = None):
         from cai.constitution import load_constitution
         from cai.engines import EngineConfig, create_engine
 
         self.loop = asyncio.new_event_loop()
-        config = EngineConfig(model=None if model == "default" else model)
+        config = EngineConfig(model=None if model == "default" else model,
+                              gpu_memory_utilization=gpu_memory_utilization)
 
         async def start():
             return create_engine(config)
@@ -63,8 +64,12 @@ class EvalJudge:
                 "eval/judge_valid": float(len(labels))}
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.engine.close())
-        self.loop.close()
+        """Shut the engine down (safe to call twice)."""
+        if self.engine is not None:
+            self.loop.run_until_complete(self.engine.close())
+            self.engine = None
+        if not self.loop.is_closed():
+            self.loop.close()
 
 
 def response_strings(tokenizer: Any, batch: dict) -> list[str]:

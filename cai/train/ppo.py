@@ -115,7 +115,8 @@ class PPOTrainer(Trainer):
             from cai.train.eval_judge import EvalJudge
 
             self.eval_judge = EvalJudge(config.eval_judge, self.out / "eval_judge_baseline.json",
-                                        config.eval_judge_constitution, seed=config.seed)
+                                        config.eval_judge_constitution, seed=config.seed,
+                                        gpu_memory_utilization=config.eval_judge_gpu_memory_utilization)
 
     def _rollouts(self, model_path: str) -> RolloutGenerator:
         config, policy = self.config, self.unwrapped.policy
@@ -302,6 +303,17 @@ class PPOTrainer(Trainer):
 
     # --- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, float]:
+        try:
+            return self._train()
+        finally:  # engines beside training are shut down whatever happened (never left to the garbage collector)
+            self.close()
+
+    def close(self) -> None:
+        for closing in (self.rollouts, self.eval_judge):
+            if getattr(closing, "close", None) is not None:
+                closing.close()
+
+    def _train(self) -> dict[str, float]:
         config = self.config
         bar = self.start()
         if self.step:  # resumed: a vLLM sampler must serve the restored weights, not the starting ones
@@ -325,12 +337,7 @@ class PPOTrainer(Trainer):
                 if bar is not None:
                     bar.set_postfix_str(f"score {values['objective/scores']:.3f}, kl {values['objective/kl']:.3f}")
             self.end_of_step(bar)
-        try:
-            return self.finish(bar, last)
-        finally:
-            for closing in (self.rollouts, self.eval_judge):
-                if getattr(closing, "close", None) is not None:
-                    closing.close()
+        return self.finish(bar, last)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

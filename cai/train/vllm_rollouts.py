@@ -103,8 +103,10 @@ class VLLMRollouts:
                 shutil.rmtree(old, ignore_errors=True)
 
     def close(self) -> None:
+        """Shut the engine down (safe to call twice)."""
         if self.engine is not None:
             self._loop.run_until_complete(self.engine.close())
             self.engine = None
-        self._loop.close()
+        if not self._loop.is_closed():
+            self._loop.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
