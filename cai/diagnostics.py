@@ -100,8 +100,8 @@ def verdict(results: dict[str, Any]) -> list[dict[str, str]]:
         lines.append({"mark": "unclear" if shipped else "good",
                       "text": f"The judge passed its check: accuracy {quality['accuracy']:.2f} on "
                               f"{quality['pairs']} labelled pairs"
-                              + (" of the shipped set, which is easier than pairs written elsewhere: check it on "
-                                 "pairs like yours (--judge-check) before trusting the rest." if shipped else ".")})
+                              + (" of the shipped set, written in-house: check it on pairs like yours "
+                                 "(--judge-check) before trusting the rest." if shipped else ".")})
     else:
         lines.append({"mark": "unclear", "text": "The judge was not checked on labelled pairs (--no-judge-check)."})
     low, high = harm.get("ci95") or (None, None)

@@ -62,7 +62,7 @@ def test_the_verdict_says_good_only_when_the_interval_and_the_judge_allow_it():
     good = verdict(results(True, (0.55, 0.75)))
     assert [v["mark"] for v in good] == ["good", "good", "good", "good"]
     shipped = results(True, (0.55, 0.75))
-    shipped["judge_quality"]["file"] = "/x/prompts/judge-eval.jsonl"  # the easy in-house set: passing proves less
+    shipped["judge_quality"]["file"] = "/x/prompts/judge-eval.jsonl"  # an in-house set: passing proves less
     assert verdict(shipped)[0]["mark"] == "unclear" and "--judge-check" in verdict(shipped)[0]["text"]
     assert "became less harmful" in good[1]["text"] and "0.60 at equal length" in good[1]["text"]
     noise = verdict(results(False, (0.55, 0.75)))
