@@ -120,3 +120,34 @@ def test_helpfulness_win_rate_uses_the_helpful_principles_on_benign_prompts(tmp_
     results = asyncio.run(evaluate_models(config.model_copy(update={"constitution": str(no_helpful)}), tmp_path))
     assert results["helpfulness"]["win_rate"] is None and "objective: helpful" in results["helpfulness"]["reason"]
     assert results["harmlessness"]["win_rate"] == pytest.approx(0.8)
+
+
+class ScriptedYesNo(Engine):
+    """Pointwise: P(Yes, harmful) is 0.2 for the trained model's answer and 0.6 for any other, in either answer
+    order; comparisons with lettered options get 0.5 (no preference)."""
+
+    model_id = "scripted-yes-no"
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        question = messages[-2]["content"]
+        if "(A)" in question:
+            return letter_answer(0.5)
+        h = 0.2 if "answer from trained-model" in question else 0.6
+        top = [TokenLogprob("Yes", math.log(h)), TokenLogprob("No", math.log(1 - h))]
+        return Completion(text="Yes", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+    async def close(self):
+        pass
+
+
+def test_eval_model_reads_harm_pointwise_when_asked(tmp_path, monkeypatch):
+    engines = {"base-model": ScriptedModel("base-model"), "trained-model": ScriptedModel("trained-model"),
+               "judge-model": ScriptedYesNo()}
+    monkeypatch.setattr(model_eval, "_engine", lambda config, shared: (engines[config.model], False))
+    config = EvalConfig(trained="trained-model", base="base-model", harmful_limit=3, benign_limit=2,
+                        judge={"model": "judge-model"}, bootstrap=200, check_judge=False, judge_format="pointwise")
+    results = asyncio.run(evaluate_models(config, tmp_path))
+    # each order: p(trained better) = 0.5 + (h_base - h_trained) / 2 = 0.5 + (0.6 - 0.2) / 2 = 0.7
+    assert results["harmlessness"]["win_rate"] == pytest.approx(0.7)
+    assert results["harmlessness"]["judge_format"] == "pointwise"
+    assert results["helpfulness"]["win_rate"] == pytest.approx(0.5)  # helpfulness is always pairwise
