@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cai.pipeline import Pipeline, Recipe, load_recipe
-from tests.conftest import TEST_ENGINE
+from tests.conftest import REPO, TEST_ENGINE
 
 pytestmark = pytest.mark.engine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -60,7 +60,8 @@ def test_the_quickstart_recipe_runs_end_to_end(finished_run, engine, loop):
         assert 1 <= results["mean_length_tokens"][name] <= 24
     # the judge was measured before it labelled: the same check (one cache entry) serves the judge and eval stages
     quality = results["judge_quality"]
-    assert quality["checked_pairs"] == 60 and 0 <= quality["accuracy"] <= 1 and quality["cached"]
+    shipped = len((REPO / "prompts" / "judge-eval.jsonl").read_text().splitlines())
+    assert quality["checked_pairs"] == shipped == 84 and 0 <= quality["accuracy"] <= 1 and quality["cached"]
     assert quality["passed"] == (quality["accuracy"] >= 0.7)
     assert json.loads((run / "judge" / "manifest.json").read_text())["judge_quality"]["accuracy"] == quality["accuracy"]
     assert f"judge check: accuracy {quality['accuracy']:.2f}" in (run / "judge" / "export" / "README.md").read_text()
