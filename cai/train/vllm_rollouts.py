@@ -40,7 +40,7 @@ class VLLMRollouts:
         self.top_p = top_p
         self.sync = sync
         self.engine_settings = dict(engine_settings or {})
-        self.stop = end_ids(tokenizer, policy) if policy is not None else end_ids(tokenizer, torch.nn.Module())
+        self.stop = end_ids(tokenizer, policy if policy is not None else torch.nn.Module())
         self.sync_seconds: list[float] = []
         self._scratch = Path(tempfile.mkdtemp(prefix="cai-rollout-weights-"))
         self._loop = asyncio.new_event_loop()
@@ -55,8 +55,7 @@ class VLLMRollouts:
         async def start():
             return create_engine(config)
 
-        engine = self._loop.run_until_complete(start())
-        return engine
+        return self._loop.run_until_complete(start())
 
     def sampling_params(self) -> Any:
         from vllm import SamplingParams
