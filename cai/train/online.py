@@ -157,6 +157,7 @@ class OnlineRun:
         import time
 
         from cai.engines import create_engine
+        from cai.train.vllm_rollouts import sampling_engine_config
 
         if self.policy is not None and self.served == path:
             return self.policy
@@ -166,9 +167,7 @@ class OnlineRun:
         else:
             if self.policy is not None:
                 await self.policy.close()
-            engine = self.config.engine
-            settings = {"model": path, "extra": {**engine.extra, "generation_config": "vllm"}}
-            self.policy = create_engine(engine.model_copy(update=settings))
+            self.policy = create_engine(sampling_engine_config(self.config.engine, path))
         if self.served is not None:
             self.sync_seconds.append(time.monotonic() - started)
         self.served = path

@@ -29,6 +29,12 @@ from cai.train.rollouts import end_ids, hf_model
 Sync = Literal["inplace", "reload"]
 
 
+def sampling_engine_config(engine: Any, path: str) -> Any:
+    """`engine` (an EngineConfig) serving the checkpoint at `path` with vLLM's own sampling defaults, so the
+    checkpoint's generation_config.json (a repetition penalty, top-k ...) never changes what is sampled."""
+    return engine.model_copy(update={"model": path, "extra": {**engine.extra, "generation_config": "vllm"}})
+
+
 class VLLMRollouts:
     def __init__(self, model_path: str, tokenizer: Any, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, sync: Sync = "inplace", engine_settings: dict[str, Any] | None = None,
@@ -49,8 +55,7 @@ class VLLMRollouts:
     def _start(self, path: str) -> Any:
         from cai.engines import EngineConfig, create_engine
 
-        extra = {**self.engine_settings.get("extra", {}), "generation_config": "vllm"}
-        config = EngineConfig(model=path, **{**self.engine_settings, "extra": extra})
+        config = sampling_engine_config(EngineConfig(**self.engine_settings), path)
 
         async def start():
             return create_engine(config)
