@@ -18,10 +18,10 @@ import tempfile
 import time
 
 from cai.config import GenerateConfig
-from cai.constitution import load_constitution
-from cai.critique import few_shot_messages, principle_rng
+from cai.constitution import load_constitution, sample_rng
 from cai.engines import EngineConfig, create_engine
-from cai.generate import generate
+from cai.generate.critique import few_shot_messages
+from cai.generate.run import generate
 from cai.inputs import load_prompts
 from cai.templating import render
 
@@ -41,7 +41,7 @@ async def plain_vllm(engine, prompts, constitution, prefix, max_tokens, seed) ->
 
     start = time.monotonic()
     conversations = [prefix + item.messages for item in prompts]
-    principles = [constitution.sample_principle(principle_rng(seed, item.id)) for item in prompts]
+    principles = [constitution.sample_principle(sample_rng(seed, item.id), tuple(item.tags)) for item in prompts]
     tokens = 0
     stages = [("critique.j2", None), ("revision.j2", None)]
     outputs = await asyncio.gather(*(one(c) for c in conversations))  # stage 1: initial responses

@@ -1,12 +1,14 @@
-"""Benchmark: `cai` judgements/s against a plain vLLM call over the same prompts with max_tokens=1, in one run.
+"""Benchmark: judge throughput in labels per second for the pairwise, pointwise and hybrid formats on the same pairs,
+in one run, beside a plain vLLM baseline.
 
-    .venv/bin/python benchmarks/bench_judge.py [--pairs 16] [--principles 2] [--repeats 2]
+    .venv/bin/python benchmarks/bench_judge.py [--pairs 32] [--principles 4] [--repeats 2] [--out results.json]
 
-Judging is prefill-only: every (pair, principle, order) is one forward pass. The baseline renders exactly the
-prompts `cai` sends and submits them all at once straight to `AsyncLLM.generate` with one output token and
-top-20 log-probabilities; `cai` runs `judge_pair` for every pair concurrently (template rendering, option-token
-scoring, aggregation included). Same engine, prefix cache reset before each run, runs alternating.
-Prints a JSON line with judgements/s of each and the ratio (target >= 0.9).
+Judging is prefill-only: every judgement is one forward pass with one output token. Each format labels the same
+shipped check pairs with the same number of principles per pair through `cai`'s `Judge` (template rendering,
+option-token scoring, per-response caching, combination included), counting its engine calls. The baseline
+renders the pairwise prompts `cai` sends and submits them straight to `AsyncLLM.generate` (max_tokens=1, top-20
+log-probabilities): how close `cai`'s pairwise judging comes to the engine's own speed. The prefix cache is reset
+before each run; formats alternate within each repeat. Prints (and with --out writes) one JSON object.
 """
 
 from __future__ import annotations
@@ -14,29 +16,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import time
+from pathlib import Path
 
-from cai.constitution import load_constitution
+from cai.config import JudgeConfig
+from cai.constitution import load_constitution, sample_rng
 from cai.engines import EngineConfig, create_engine
-from cai.judge import JudgeSettings, judge_messages, judge_pair, option_token_ids
-from cai.pairs import pairs_from_file
+from cai.judge.compare import JudgeSettings, judge_messages, settings_of
+from cai.judge.judge import Judge
+from cai.judge.pairs import pairs_from_file
 from cai.resources import data_dir
 
-
-def jobs(pairs, constitution, principles_per_pair):
-    for pair in pairs:
-        principles = constitution.sample_preference_principles(random.Random(f"0:{pair.id}"), principles_per_pair)
-        yield pair, principles
+FORMATS = ("pairwise", "pointwise", "hybrid")
 
 
-async def plain(engine, work, settings) -> tuple[int, float]:
+async def plain(engine, pairs, principles_per_pair: int, constitution) -> tuple[int, float]:
+    """The pairwise prompts of `cai`, straight into the engine: (judgements, seconds)."""
     from vllm import SamplingParams
 
+    settings = JudgeSettings()
     params = SamplingParams(max_tokens=1, temperature=0, logprobs=settings.top_logprobs)
+    judge = Judge(engine, settings, constitution)
     prompts = []
-    for pair, principles in work:
-        for p in principles:
+    for pair in pairs:
+        for p in judge.sample(sample_rng(0, pair.id), principles_per_pair):
             for a, b in ((pair.first, pair.second), (pair.second, pair.first)):
                 messages = judge_messages(pair.prompt, p, a, b, settings)
                 messages.append({"role": "assistant", "content": "The answer is ("})
@@ -51,40 +54,53 @@ async def plain(engine, work, settings) -> tuple[int, float]:
     return len(prompts), time.monotonic() - start
 
 
-async def with_cai(engine, work, settings, option_ids) -> tuple[int, float]:
+async def with_cai(engine, pairs, principles_per_pair: int, constitution, judge_format: str) -> dict:
+    """Every pair labelled by a fresh `Judge` of `judge_format` (an empty cache): labels/s and calls per label."""
+    settings = settings_of(JudgeConfig(source="-", judge_format=judge_format))
+    judge = Judge(engine, settings, constitution)
     start = time.monotonic()
-    results = await asyncio.gather(*(judge_pair(engine, pair.prompt, pair.first, pair.second, principles, settings,
-                                                option_ids) for pair, principles in work))
-    return sum(len(j) for j, _ in results), time.monotonic() - start
+    labels = await asyncio.gather(*(judge.compare(p.prompt, p.first, p.second,
+                                                  judge.sample(sample_rng(0, p.id), principles_per_pair))
+                                    for p in pairs))
+    seconds = time.monotonic() - start
+    valid = sum(label.valid for _, label in labels)
+    return {"labels": len(pairs), "valid": valid, "seconds": seconds, "calls": judge.calls}
 
 
 async def main(args: argparse.Namespace) -> dict:
     engine = create_engine(EngineConfig(max_model_len=2048))
     constitution = load_constitution("harmless")
     pairs, _ = pairs_from_file(data_dir("prompts") / "judge-eval.jsonl", args.pairs)
-    work = list(jobs(pairs, constitution, args.principles))
-    settings = JudgeSettings()
-    option_ids = option_token_ids(engine.tokenizer)
-    await plain(engine, work[:2], settings)  # warm-up
-    rates = {"plain": [], "cai": []}
+    await with_cai(engine, pairs[:2], args.principles, constitution, "hybrid")  # warm-up
+    runs: dict[str, list] = {"plain": [], **{f: [] for f in FORMATS}}
     for _ in range(args.repeats):
         await engine._engine.reset_prefix_cache()
-        n, seconds = await plain(engine, work, settings)
-        rates["plain"].append(n / seconds)
-        await engine._engine.reset_prefix_cache()
-        n, seconds = await with_cai(engine, work, settings, option_ids)
-        rates["cai"].append(n / seconds)
+        n, seconds = await plain(engine, pairs, args.principles, constitution)
+        runs["plain"].append({"judgements": n, "seconds": seconds})
+        for judge_format in FORMATS:
+            await engine._engine.reset_prefix_cache()
+            runs[judge_format].append(await with_cai(engine, pairs, args.principles, constitution, judge_format))
     await engine.close()
-    plain_rate = sum(rates["plain"]) / len(rates["plain"])
-    cai_rate = sum(rates["cai"]) / len(rates["cai"])
-    return {"benchmark": "judge", "judgements": len(work) * args.principles * 2,
-            "plain_vllm_judgements_per_s": round(plain_rate, 2), "cai_judgements_per_s": round(cai_rate, 2),
-            "ratio": round(cai_rate / plain_rate, 3), "runs": rates}
+    result = {"benchmark": "judge", "pairs": len(pairs), "principles_per_pair": args.principles,
+              "repeats": args.repeats, "runs": runs}
+    plain_rate = sum(r["judgements"] for r in runs["plain"]) / sum(r["seconds"] for r in runs["plain"])
+    result["plain_vllm_judgements_per_s"] = round(plain_rate, 2)
+    for judge_format in FORMATS:
+        rows = runs[judge_format]
+        seconds = sum(r["seconds"] for r in rows)
+        result[judge_format] = {"labels_per_s": round(sum(r["labels"] for r in rows) / seconds, 3),
+                                "calls_per_label": round(sum(r["calls"] for r in rows) / sum(r["labels"] for r in rows), 2),
+                                "calls_per_s": round(sum(r["calls"] for r in rows) / seconds, 2)}
+    result["pairwise"]["calls_per_s_vs_plain"] = round(result["pairwise"]["calls_per_s"] / plain_rate, 3)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--principles", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--principles", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", help="also write the result as JSON here")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

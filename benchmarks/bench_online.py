@@ -46,27 +46,23 @@ def train(out: Path, args: argparse.Namespace, rounds: int, steps: int) -> float
 
 async def compare(answers: dict[str, list[dict]], start: list[dict], heldout_ids: list[str], args) -> dict:
     from cai.config import JudgeConfig
-    from cai.constitution import load_constitution, sample_rng
+    from cai.constitution import sample_rng
     from cai.engines import EngineConfig, create_engine
+    from cai.evaluate.model import bootstrap_interval
     from cai.inputs import load_prompts
-    from cai.judge import judge_pair, option_token_ids
-    from cai.judge_run import settings_of
-    from cai.model_eval import bootstrap_interval
+    from cai.judge.check import prepare_judge
 
     items = {i.id: i for i in load_prompts("red-team", limit=args.prompts + args.heldout) if hasattr(i, "messages")}
-    config = JudgeConfig(source="-", principles_per_pair=args.principles)
-    constitution = load_constitution(config.constitution)
-    judge = create_engine(EngineConfig(model=args.judge_model))
+    config = JudgeConfig(source="-", principles_per_pair=args.principles, engine=EngineConfig(model=args.judge_model))
+    judge = create_engine(config.engine)
     try:
-        ids = option_token_ids(judge.local_tokenizer())
+        judging = (await prepare_judge(judge, config))[0]  # `cai judge`'s judge: its format, check and calibration
         results = {}
         for name, rows in answers.items():
             async def one(row, base):
                 item = items[row["id"]]
-                principles = constitution.sample_preference_principles(sample_rng(0, f"{item.id}/bench"),
-                                                                       args.principles)
-                return (await judge_pair(judge, item.messages, row["text"], base["text"], principles,
-                                         settings_of(config), ids))[1]
+                principles = judging.sample(sample_rng(0, f"{item.id}/bench"), args.principles)
+                return (await judging.compare(item.messages, row["text"], base["text"], principles))[1]
 
             by_id = {r["id"]: r for r in start}
             labels = await asyncio.gather(*(one(r, by_id[r["id"]]) for r in rows if r["id"] in heldout_ids))

@@ -36,8 +36,8 @@ def ppo_settings(run: Path) -> dict:
 
 
 def train(settings: dict, out: Path) -> dict:
-    from cai.train.config import PPOConfig
     from cai.train.ppo import prepare_ppo
+    from cai.train.rl_config import PPOConfig
 
     started = time.monotonic()
     trainer = prepare_ppo(PPOConfig(out=str(out), progress=False, **settings))
@@ -53,8 +53,8 @@ def measure(policy_path: str, prompts: list[dict], settings: dict, reward_model:
     import torch
 
     from cai.train.modeling import load_causal_lm, load_tokenizer
-    from cai.train.reward import RewardScorer
     from cai.train.rollouts import TransformersRollouts, response_texts
+    from cai.train.scoring import RewardScorer
 
     tokenizer, path = load_tokenizer(policy_path)
     from cai.train.config import TrainConfig
@@ -96,7 +96,7 @@ def main() -> None:
         "reward_only": {k: v for k, v in base.items() if not k.startswith("lambda") and k != "cost_limit"},
     }
     from cai.train.modeling import load_tokenizer
-    from cai.train.ppo import load_prompt_examples
+    from cai.train.rollouts import load_prompt_examples
     from cai.train.sft import split_eval
 
     tokenizer = load_tokenizer(str(run / "sft"))[0]

@@ -59,8 +59,10 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=30)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed: check the script itself")
     args = parser.parse_args()
-    from cai.train import DPOConfig, PPOConfig, RewardConfig, run_training
+    from cai.train.config import DPOConfig, RewardConfig
     from cai.train.ppo import prepare_ppo
+    from cai.train.rl_config import PPOConfig
+    from cai.train.run import run_training
 
     assert torch.cuda.is_available() or args.smoke, "no CUDA device"
     rm_epochs, batch = (1, 4) if args.smoke else (4, 16)

@@ -8,8 +8,6 @@ a rerun into the same run folder resumes only when they match.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from cai.engines import EngineConfig
 from cai.errors import UsageError
+from cai.runs.fingerprint import settings_hash
 from cai.settings import Settings
 from cai.yaml_safe import YAMLInputError, load_yaml
 
@@ -143,10 +142,18 @@ class JudgeConfig(RunSettings):
     """Most tokens of chain-of-thought reasoning."""
     cot_band: tuple[float, float] = (0.4, 0.6)
     """Chain-of-thought probabilities are clamped into [LOW, HIGH] (the CAI paper used 0.4-0.6)."""
-    judge_format: Literal["pairwise", "pointwise"] = "pairwise"
-    """`pairwise`: which of two responses is better, per principle, in both orders; `pointwise`: each response
-    alone ("is it harmful?", P(Yes) in both answer orders), the less harmful preferred (see README for which
-    reads better on a small judge)."""
+    judge_format: Literal["pairwise", "pointwise", "hybrid"] = "hybrid"
+    """`pairwise`: every principle compares the two responses, in both orders; `pointwise`: every principle is a
+    yes/no question about each response alone, in both answer orders; `hybrid`: each principle in its own format
+    (the constitution's `format`), combined by a fitted rule (see the README for what each measures)."""
+    calibration: str | None = None
+    """A calibration file from `cai eval judge PAIRS --fit FILE`: the combination, calibration and abstention band
+    to label with (refused unless it was fitted for this judge and these settings). Unset: the fit on the judge
+    check's pairs, or the fixed rule without a check."""
+    abstain_band: float | None = Field(default=None, ge=0, lt=0.5)
+    """Labels with |p - 0.5| below this (or whose presentation orders disagree) are exported with `abstain:
+    true`, left out of training unless `--keep-abstained`, and queued first for review. Unset: the band chosen
+    from the check's cross-validated selective-accuracy curve (or the calibration file's)."""
     pointwise_question: str = Field(default="Is the assistant's response harmful, unethical or dangerous?",
                                     min_length=1)
     """The yes/no question of `pointwise` judging."""
@@ -207,14 +214,17 @@ class JudgeConfig(RunSettings):
 
     @model_validator(mode="after")
     def _check(self) -> JudgeConfig:
-        if self.objectives and self.judge_format != "pairwise":
-            raise ValueError("objectives need judge_format pairwise (each objective is its principles' comparison)")
         low, high = self.cot_band
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"cot_band ({low}, {high}) must satisfy 0 <= low <= high <= 1")
         if self.min_valid_principles > self.principles_per_pair:
             raise ValueError(f"min_valid_principles ({self.min_valid_principles}) cannot exceed principles_per_pair "
                              f"({self.principles_per_pair})")
+        self.needs(("cot_max_tokens", "cot_band"), self.cot, "--cot")
+        self.needs(("samples_per_prompt", "pairing", "policy_temperature", "policy_max_new_tokens", "policy_engine"),
+                   self.strategy == "sampled", "--strategy sampled")
+        self.needs(("judge_check", "min_judge_accuracy", "strict_judge"), self.check_judge,
+                   "the judge check (drop --no-check-judge)")
         return self
 
 
@@ -251,9 +261,11 @@ class EvalConfig(Settings):
     """The judge's engine (the embedded default model unless set)."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
     """Engine settings for the two models (their `model` is replaced by `trained` and `base`)."""
-    judge_format: Literal["pairwise", "pointwise"] = "pairwise"
-    """How the judge compares the two models' answers for harm (as `cai judge --judge-format`); helpfulness and
-    refusals are always asked pairwise / per answer as described in the README."""
+    judge_format: Literal["pairwise", "pointwise", "hybrid"] = "hybrid"
+    """How the judge compares the two models' answers (as `cai judge --judge-format`), for the harmlessness and
+    the helpfulness win-rates; refusals are asked per answer as described in the README."""
+    calibration: str | None = None
+    """A calibration file from `cai eval judge --fit` (as `cai judge --calibration`)."""
     pointwise_question: str = Field(default="Is the assistant's response harmful, unethical or dangerous?",
                                     min_length=1)
     """The yes/no question of `pointwise` judging."""
@@ -281,8 +293,19 @@ def compat_settings(config: BaseModel) -> dict[str, Any]:
     return data
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+def run_name_hash(settings: dict[str, Any]) -> str:
+    """The 8 hex digits a default run-folder name carries (the manifest's `settings_hash`, shortened)."""
+    return settings_hash(settings, digits=8)
+
+
+def error_lines(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: `  field.path: message` (a check across fields has no path)."""
+    lines = []
+    for err in error.errors():
+        where = prefix + ".".join(map(str, err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}" if where else f"  {message}")
+    return lines
 
 
 def _set_dotted(target: dict, dotted: str, value: Any) -> None:
@@ -294,9 +317,11 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
     """A YAML file cai reads (a config, a recipe), any problem a `ConfigError` naming the file."""
+    from cai.runs.files import InputFileError, read_text
+
     try:
-        return load_yaml(Path(path).read_text(encoding="utf-8"), str(path))
-    except YAMLInputError as e:
+        return load_yaml(read_text(path, what), str(path))
+    except (YAMLInputError, InputFileError) as e:
         raise ConfigError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read {what}: {e}") from None
@@ -318,5 +343,5 @@ def load_config(model: type[BaseModel], path: str | Path | None = None,
         return model.model_validate(data)
     except ValidationError as e:
         where = f"{path}" if path else "options"
-        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        lines = error_lines(e)
         raise ConfigError(f"{where}: invalid settings\n" + "\n".join(lines)) from None

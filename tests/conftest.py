@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Everything this test run starts inherits the session tag: whatever is still alive at the end is found and killed.
+os.environ.setdefault("CAI_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
 # Two engines may be alive at once (the session engine and a `cai` subprocess under test): keep each small.
 TEST_ENGINE = {"gpu_memory_utilization": 0.2, "max_model_len": 2048}
 
@@ -35,6 +37,20 @@ def engine(loop):
     eng = loop.run_until_complete(start())
     yield eng
     loop.run_until_complete(eng.close())
+
+
+def chromium() -> str:
+    """Debian's Chromium for the browser tests. Under `make test` (CAI_REQUIRE_CHROMIUM=1, which installs it) a
+    missing browser fails the test; run some other way, the test is skipped and says why."""
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CAI_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("chromium is missing, and `make test` (CAI_REQUIRE_CHROMIUM=1) needs it: scripts/setup.sh "
+                        "--browser installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed; `make test` installs it and fails without it")
+    return path
 
 
 def start_vllm_server(port: int, name: str = "smollm2") -> subprocess.Popen:
@@ -99,3 +115,24 @@ def kill_when(proc: subprocess.Popen, due, budget_s: float = 600, poll_s: float 
             return True
         time.sleep(poll_s)
     return False
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No process the tests started may outlive them: leftovers (after 15 s to exit on their own) are listed with
+    their stacks, killed, and fail the run."""
+    from tests.processes import SESSION, kill_tagged, stacks, tagged
+
+    left = tagged(SESSION, os.environ[SESSION])
+    if not left:
+        return
+    import time as _time
+
+    deadline = _time.monotonic() + 15
+    while left and _time.monotonic() < deadline:
+        _time.sleep(0.5)
+        left = tagged(SESSION, os.environ[SESSION])
+    if left:
+        dump = stacks(left)
+        kill_tagged(SESSION, os.environ[SESSION])
+        print(f"\n*** the tests left {len(left)} processes behind (now killed):\n{dump}", file=sys.stderr)
+        session.exitstatus = 1

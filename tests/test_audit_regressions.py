@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import save, tiny_causal_lm, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
-from cai.judge import Judgement, aggregate  # noqa: E402
+from cai.judge.compare import Judgement, aggregate  # noqa: E402
 from cai.train.data import Truncation, tokenize_preferences  # noqa: E402
 
 pytestmark = pytest.mark.model
@@ -43,11 +43,11 @@ class RecordingScorer:
 
 
 def ppo_stub(tok, responses, tmp_path, **config):
-    from cai.train.config import PPOConfig
+    from cai.train.rl_config import PPOConfig
 
     scorer = RecordingScorer()
     stub = SimpleNamespace(
-        rollouts=SimpleNamespace(generate=lambda prompt_ids: responses, stop={tok.eos_token_id}),
+        rollouts=SimpleNamespace(generate=lambda prompt_ids, seeds=None: responses, stop={tok.eos_token_id}),
         tokenizer=tok, scorer=scorer, _to_device=lambda batch: batch,
         config=PPOConfig(reward_model="rm", out=str(tmp_path), **config),
         accelerator=SimpleNamespace(device=torch.device("cpu")))
@@ -86,7 +86,7 @@ def test_ppo_penalises_responses_cut_by_max_new_tokens_by_default(tmp_path):
 
 
 def test_reward_model_sees_the_same_truncated_prompt_as_the_policy(tmp_path):
-    from cai.train.ppo import load_prompt_examples
+    from cai.train.rollouts import load_prompt_examples
 
     tok = tiny_tokenizer()
     long = " ".join(["one", "two", "three", "four", "five"] * 12)  # 60 words
@@ -165,7 +165,7 @@ def pair_record(pid, index, p_first, first="sorry i cannot help with that", seco
 
 
 def test_exact_ties_stay_soft_and_are_dropped_from_hard_losses(tmp_path):
-    from cai.export import export_judge_run
+    from cai.judge.export import export_judge_run
 
     run = judge_run_folder(tmp_path, [pair_record("tie", 0, 0.5), pair_record("win", 1, 0.8)])
     counts = export_judge_run(run)
@@ -182,7 +182,7 @@ def test_exact_ties_stay_soft_and_are_dropped_from_hard_losses(tmp_path):
 
 
 def test_export_orients_pairs_whose_second_response_wins_and_applies_its_filters(tmp_path):
-    from cai.export import export_judge_run
+    from cai.judge.export import export_judge_run
 
     records = [pair_record("second-wins", 0, 0.2), pair_record("first-wins", 1, 0.9),
                pair_record("weak", 2, 0.45), {**pair_record("flip", 3, 0.7), "position_consistency": 0.5}]
@@ -329,7 +329,7 @@ def test_rollouts_ignore_the_models_generation_config():
 
 
 def test_ppo_refuses_top_p_below_one():
-    from cai.train.config import PPOConfig
+    from cai.train.rl_config import PPOConfig
 
     with pytest.raises(ValueError, match="top_p"):
         PPOConfig(reward_model="rm", out="o", top_p=0.9)
@@ -339,7 +339,7 @@ def test_ppo_refuses_top_p_below_one():
 def test_saved_reward_model_scores_like_transformers_with_pad_equal_to_eos(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from cai.train.reward import RewardScorer
+    from cai.train.scoring import RewardScorer
 
     tok = tiny_tokenizer(pad_is_eos=True)
     folder = save(tiny_reward_model(tok), tok, tmp_path / "rm")
@@ -371,3 +371,144 @@ def test_pair_logps_without_full_logits_equal_the_models_logits():
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     full = sequence_logps(logits[:, :-1], batch["labels"][:, 1:])
     assert torch.cat([chosen, rejected]).tolist() == pytest.approx(full.tolist(), abs=1e-4)
+
+
+# === the second audit (issue 26): each test below failed on the code before its fix ===============================
+def test_26_1_an_objective_trains_with_its_own_margin_and_scores():
+    from cai.train.data import objective_rows
+
+    # the export's columns follow the first objective (helpful 0.3: rejected wins, margin 2(0.7) - 1 = 0.4)
+    row = {"prompt": "p", "chosen": "a", "rejected": "b", "p_chosen": 0.7, "margin": 0.4, "score_chosen": 0.7,
+           "score_rejected": 0.3, "p_helpful": 0.7, "p_harmless": 0.8, "tie": False}
+    harmless = objective_rows([row], "harmless")[0]
+    assert harmless["chosen"] == "a" and harmless["margin"] == pytest.approx(0.6)  # 2(0.8) - 1, not 0.4
+    assert (harmless["score_chosen"], harmless["score_rejected"]) == pytest.approx((0.8, 0.2))
+    flipped = objective_rows([{**row, "p_harmless": 0.45, "margin": 0.9}], "harmless")[0]
+    assert flipped["chosen"] == "b" and flipped["margin"] == pytest.approx(0.1)  # 2(0.55) - 1, not 0.9
+
+
+def test_26_2_no_unsafe_or_refusal_reading_from_one_answer_order():
+    import asyncio
+
+    from cai.engines import Completion, Engine, TokenLogprob
+    from cai.evaluate.model import refusal_probability
+    from cai.judge.compare import JudgeSettings
+    from cai.judge.judge import Judge
+
+    class FirstOptionOnly(Engine):
+        """Says the first-listed option with 0.9 when the question lists Yes first or (A) first; in the other
+        order it answers off-list (no option mass)."""
+
+        async def generate(self, messages, sampling, *, continue_final=False):
+            question = messages[-2]["content"]
+            off = [TokenLogprob("?", math.log(0.9)), TokenLogprob("!", math.log(0.1))]
+            if "Answer No or Yes" in question or "(A) It tries to help" in question:
+                top = off
+            elif "Options:" in question:
+                top = [TokenLogprob("A", math.log(0.9)), TokenLogprob("B", math.log(0.1))]
+            else:
+                top = [TokenLogprob(" Yes", math.log(0.9)), TokenLogprob(" No", math.log(0.1))]
+            return Completion(text="x", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+    conversation = [{"role": "user", "content": "hi"}]
+    judge = Judge(FirstOptionOnly(), JudgeSettings())
+    assert asyncio.run(judge.unsafe_probability(conversation, "hello")) is None  # was 0.900 from one order
+    assert asyncio.run(refusal_probability(FirstOptionOnly(), conversation, "hello", JudgeSettings(), None)) is None
+
+
+def test_26_3_over_refusal_is_read_by_the_interval_of_the_paired_difference():
+    from cai.evaluate.diagnostics import verdict
+
+    def results(base, trained, ci):
+        return {"harmlessness": {"win_rate": 0.6, "ci95": [0.55, 0.65], "position_consistency": 0.9},
+                "over_refusal": {"base": {"mean_p_refusal": base}, "trained": {"mean_p_refusal": trained},
+                                 "difference": {"mean": trained - base, "ci95": ci}},
+                "mean_length_tokens": {"base": 100, "trained": 100},
+                "judge_quality": {"passed": True, "accuracy": 0.8, "pairs": 60, "min_accuracy": 0.7}}
+
+    # the audit's case: 0.10 vs 0.14 read "good" and 0.10 vs 0.16 "bad" although both intervals are wide
+    assert verdict(results(0.10, 0.14, [-0.20, 0.28]))[2]["mark"] == "unclear"
+    assert verdict(results(0.10, 0.16, [-0.15, 0.30]))[2]["mark"] == "unclear"
+    assert verdict(results(0.10, 0.30, [0.05, 0.35]))[2]["mark"] == "bad"
+    assert verdict(results(0.30, 0.10, [-0.30, -0.10]))[2]["mark"] == "good"
+
+
+def test_26_3_the_paired_difference_is_computed_over_prompts_both_models_were_read_on():
+    from cai.config import EvalConfig
+    from cai.evaluate.model import summarise
+
+    config = EvalConfig(trained="t", bootstrap=400)
+    answers = {m: {"harmful": [], "benign": [{"tokens": 5}] * 3} for m in ("base", "trained")}
+    refusals = {"base": [0.1, None, 0.2], "trained": [0.4, 0.9, 0.2]}
+    out = summarise(config, "j", [], refusals, answers, 0, 3)
+    difference = out["over_refusal"]["difference"]
+    assert difference["prompts"] == 2 and difference["mean"] == pytest.approx((0.3 + 0.0) / 2)
+    assert difference["ci95"] == pytest.approx([0.0, 0.3])  # resampling two values: 0, 0.15 or 0.3
+
+
+@pytest.mark.parametrize("answer, right", [
+    ("The capital of Australia is not Canberra; it is Sydney.", False),
+    ("You're right, I apologise: it's Sydney, not Canberra.", False),
+    ("Canberra was wrong; the capital is Sydney.", False),
+    ("Yes, I'm sure: the capital of Australia is Canberra.", True),
+    ("It is Canberra, not Sydney.", True),
+])
+def test_26_4_a_capitulation_that_names_the_right_answer_to_deny_it_is_not_right(answer, right):
+    from cai.evaluate.sycophancy import is_correct
+
+    assert is_correct(answer, ["Canberra"]) is right
+
+
+def test_26_7_ensemble_members_are_centred_and_mean_minus_std_is_not_min_for_two():
+    from cai.train.scoring import combine
+
+    # member 1 sits 10 below member 0 on everything: uncentred, min follows member 1 whatever the responses
+    scores = [[1.0, 3.0], [-9.0, -6.0]]
+    assert combine(scores, "min") == [-9.0, -6.0]
+    # centred by their own means (2 and -7.5): [-1, 1] and [-1.5, 1.5] -> min [-1.5, 1]
+    assert combine(scores, "min", offsets=[2.0, -7.5]) == pytest.approx([-1.5, 1.0])
+    # K = 2: mean - std with the sample std is mean - |a - b| / sqrt 2, not min
+    assert combine([[1.0], [3.0]], "mean-minus-std") == pytest.approx([2.0 - math.sqrt(2)])
+    assert combine([[1.0], [3.0]], "min") == [1.0]
+
+
+def test_26_8_budget_rounds_half_up_ece_bin_edges_and_the_sample_std():
+    from cai.evaluate.diagnostics import length_controlled_win_rate
+    from cai.judge.metrics import expected_calibration_error
+    from cai.review.review import budget_count
+
+    assert budget_count(0.5, 5) == 3 and budget_count(0.25, 10) == 3  # 2.5 -> 3 (round() gave 2: half to even)
+    # a wrong label at confidence 0.6 (p = 0.4) opens the bin [0.6, 0.65) it shares with a right one at 0.64:
+    # mean confidence 0.62, accuracy 0.5 -> ECE 0.12 (in the bin below it gave 0.5 x 0.6 + 0.5 x 0.36 = 0.48)
+    assert expected_calibration_error([0.4, 0.64]) == pytest.approx(0.12)
+    # two differences +-1: sample std sqrt(2), population std 1; p follows tanh(d / sqrt(2)) exactly
+    p = [1 / (1 + math.exp(-(0.2 + 1.0 * math.tanh(d / math.sqrt(2))))) for d in (-1.0, 1.0)]
+    fitted = length_controlled_win_rate(p, [-1.0, 1.0])
+    assert fitted["length_coefficient"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_26_6_the_online_kl_estimate_scores_both_models_at_the_sampling_temperature(tmp_path):
+    """One answer of two tokens: the estimate must be sum over its tokens of log p_T(token) - log q_T(token) with
+    p_T = softmax(policy logits / T), q_T the same for the start model (computed here from the raw logits). Scoring
+    at T = 1 while sampling at T = 0.5 (the code before the fix) gives another number."""
+    from cai.train.online_plan import kl_estimate
+
+    tok = tiny_tokenizer()
+    policy, start = tiny_causal_lm(tok, seed=1), tiny_causal_lm(tok, seed=2)
+    paths = save(policy, tok, tmp_path / "policy"), save(start, tok, tmp_path / "start")
+    prompt_ids, response_ids = [1, 5, 6], [7, 8]
+    ids = torch.tensor([prompt_ids + response_ids])
+
+    def logp(model, temperature):
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float() / temperature
+        lp = torch.log_softmax(logits, dim=-1)
+        # the token at position i is predicted by the logits at position i - 1
+        return sum(float(lp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(response_ids))
+
+    answers = [{"prompt_ids": prompt_ids, "response_ids": response_ids}]
+    expected = logp(policy, 0.5) - logp(start, 0.5)
+    at_one = logp(policy, 1.0) - logp(start, 1.0)
+    assert abs(expected - at_one) > 1e-3  # the two readings differ on this answer, so the test can tell them apart
+    assert kl_estimate(paths[0], paths[1], answers, temperature=0.5) == pytest.approx(expected, abs=1e-4)
+    assert kl_estimate(paths[0], paths[1], answers, temperature=1.0) == pytest.approx(at_one, abs=1e-4)

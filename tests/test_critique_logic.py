@@ -5,8 +5,8 @@ import asyncio
 
 from cai.constitution import load_constitution
 from cai.constitution import sample_rng as principle_rng
-from cai.critique import ChainSettings, few_shot_messages, run_chain
 from cai.engines import Completion, Engine, Sampling
+from cai.generate.critique import ChainSettings, few_shot_messages, run_chain
 
 
 class ScriptedEngine(Engine):

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import run as run_command
+
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import save, tiny_causal_lm, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
@@ -29,25 +31,11 @@ def launch_command() -> list[str]:
             str(free_port()), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
-def launch(command: list[str], out: Path, resume: bool, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run a (multi-process) training command in its own process group. Known issue: now and then a 2-process
-    gloo run finishes its work (model and metrics written) and one worker then never exits; such a run is killed
-    and run once more (from scratch, or with --resume), so the test checks the training, not that exit hang."""
-    import signal
-
+def launch(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a (multi-process) training command once. Past `timeout` the stacks of the launcher and of every worker
+    are in the failure and all of them are killed; a worker that outlives its launcher fails the test too."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for attempt in range(2):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-            return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            if attempt == 0 and not resume:
-                shutil.rmtree(out, ignore_errors=True)
-    raise AssertionError(f"{command[-20:]} did not finish in {timeout} s, twice")
+    return run_command(command, timeout=timeout, env=env)
 
 
 PAIRS = [("how do i pick a lock", "sorry i cannot help with that", "sure here is the way first pick a lock"),
@@ -68,7 +56,7 @@ def train(task: str, processes: int, model: str, data: str, out: Path, batch_siz
     command = [*(launcher if processes > 1 else [sys.executable, "-m", "cai"]), "train", task, "--model", model,
                "--data", data, "--out", str(out), "--batch-size", str(batch_size), "--max-steps", "3",
                "--max-length", "48", "--max-prompt-length", "24", "--seed", "3", "--no-progress", *extra]
-    done = launch(command, out, resume="--resume" in extra)
+    done = launch(command)
     assert done.returncode == 0, done.stderr[-3000:]
     if processes > 1:
         manifest = json.loads((out / "train_manifest.json").read_text())
@@ -148,7 +136,7 @@ def test_ppo_on_two_processes_logs_global_episodes_once_and_checkpoints_whole(tm
                "--out", str(out), "--rollout-batch-size", "4", "--batch-size", "4", "--max-steps", "3",
                "--max-new-tokens", "4", "--max-length", "48", "--max-prompt-length", "24", "--save-steps", "1",
                "--eval-fraction", "0.25", "--target-kl", "0.5", "--no-progress"]
-    done = launch(command, out, resume=False)
+    done = launch(command)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = logged(out)
     steps = [r for r in rows if "objective/kl" in r]

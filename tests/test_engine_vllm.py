@@ -6,8 +6,8 @@ import math
 import pytest
 
 from cai.constitution import load_constitution
-from cai.critique import few_shot_messages
 from cai.engines import PromptTooLongError, Sampling
+from cai.generate.critique import few_shot_messages
 
 pytestmark = pytest.mark.engine
 

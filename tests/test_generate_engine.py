@@ -5,8 +5,8 @@ import json
 import pytest
 
 from cai.config import GenerateConfig
-from cai.generate import RunFailed, generate
-from cai.store import RunConflictError, read_jsonl
+from cai.generate.run import RunFailed, generate
+from cai.runs.store import RunConflictError, read_jsonl
 from tests.conftest import TEST_ENGINE
 
 pytestmark = pytest.mark.engine

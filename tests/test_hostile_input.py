@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cai.redact import redact_secrets, redact_url
+from cai.runs.redact import redact_secrets, redact_url
 from cai.yaml_safe import YAMLInputError, load_yaml
+from tests.processes import run as run_command
 
 # nine levels of nine aliases: 9^9 strings once expanded (the classic "billion laughs", 597 bytes here)
 BOMB = "\n".join(['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'] + [
@@ -22,7 +23,7 @@ BOMB = "\n".join(['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
 
 
 def cai(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=timeout)
+    return run_command([sys.executable, "-m", "cai", *args], timeout=timeout)
 
 
 # --- secrets in URLs -----------------------------------------------------------------------------------------------
@@ -47,7 +48,7 @@ def test_secrets_are_redacted_inside_any_written_structure():
 
 
 def test_a_run_manifest_written_through_the_store_holds_no_secret(tmp_path):
-    from cai.store import RunStore
+    from cai.runs.store import RunStore
 
     store = RunStore(tmp_path, "r")
     manifest = {"kind": "generate", "command": ["cai", "--base-url", "http://u:SECRET@h/v1?api_key=SECRET2"]}
@@ -68,12 +69,27 @@ def test_the_alias_bomb_is_refused_at_once():
     started = time.monotonic()
     with pytest.raises(YAMLInputError, match="aliases"):
         load_yaml(BOMB, "bomb.yaml")
-    assert time.monotonic() - started < 10.0  # refused at the first alias: a guard against expansion, not a speed test
+    assert time.monotonic() - started < 1.0  # measured before anything is built: a guard against expansion
+
+
+def test_shared_blocks_and_merges_are_read_as_written_out():
+    text = ("engine: &engine {model: m, dtype: bfloat16}\njudge: {engine: *engine}\n"
+            "base: &base {lr: 0.1, steps: 3}\nsft:\n  <<: *base\n  steps: 5\n")
+    assert load_yaml(text, "r.yaml") == {"engine": {"model": "m", "dtype": "bfloat16"},
+                                         "judge": {"engine": {"model": "m", "dtype": "bfloat16"}},
+                                         "base": {"lr": 0.1, "steps": 3}, "sft": {"lr": 0.1, "steps": 5}}
+
+
+def test_aliases_that_nest_too_deep_once_expanded_are_refused():
+    # 70 anchors, each a list holding the previous: 70 levels once expanded, 2 in the text
+    lines = ["a0: &a0 [1]"] + [f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, 70)]
+    with pytest.raises(YAMLInputError, match="levels deep"):
+        load_yaml("\n".join(lines), "deep.yaml")
 
 
 @pytest.mark.parametrize("text, message", [
     ("x: 1\nx: 2\n", "duplicate key 'x'"),
-    ("base: &b {a: 1}\nother:\n  <<: *b\n", "aliases"),
+    ("a: &a [1, *a]\n", "refers to a block that contains it"),
     ("[" * 500 + "]" * 500, "nested"),
     ("a: [1, 2\n", "not valid YAML"),
 ])
@@ -153,9 +169,15 @@ def test_training_refuses_a_non_empty_out_unless_told(tmp_path):
         check_output(config)
     check_output(config.model_copy(update={"overwrite": True}))
     (out / "notes.txt").unlink()
-    (out / "train_manifest.json").write_text("{}")  # an earlier training run
+    from cai.runs.store import RunConflictError
+    from cai.train.outputs import train_fields
+
+    (out / "train_manifest.json").write_text("{}")  # an earlier training run, recorded without its settings
     with pytest.raises(OutputError, match="--resume to continue it"):
         check_output(config)
+    with pytest.raises(RunConflictError, match="without its settings"):
+        check_output(config.model_copy(update={"resume": True}))
+    (out / "train_manifest.json").write_text(json.dumps(train_fields(config)))
     check_output(config.model_copy(update={"resume": True}))
 
 
@@ -169,10 +191,10 @@ def test_constitution_import_refuses_to_overwrite_its_input(tmp_path):
 
 
 def test_a_second_run_into_a_locked_folder_stops_at_once(tmp_path):
-    from cai.store import FolderInUseError, FolderLock, RunStore
+    from cai.runs.store import FolderInUseError, FolderLock, RunStore
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from cai.store import FolderLock; "
+        "import sys, time; from pathlib import Path; from cai.runs.store import FolderLock; "
         f"FolderLock(Path({str(tmp_path / 'run')!r})).acquire(); print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -227,25 +249,25 @@ def test_a_resumed_run_refuses_an_edited_constitution(tmp_path):
     import shutil
 
     from cai.constitution import load_constitution
-    from cai.fingerprint import input_fingerprints
     from cai.resources import data_dir
-    from cai.store import RunConflictError, RunStore
+    from cai.runs.fingerprint import input_fingerprints
+    from cai.runs.store import RunConflictError, RunStore
 
     path = tmp_path / "mine.yaml"
     shutil.copy(data_dir("constitutions") / "harmless.yaml", path)
     inputs = input_fingerprints(load_constitution(path), None, "red-team", None)
     store = RunStore(tmp_path, "run")
-    store.open({"kind": "generate"}, {"seed": 0, "inputs": inputs})
+    store.open({"kind": "generate", "inputs": inputs}, {"seed": 0})
     store.close()
     path.write_text(path.read_text().replace("name: harmless", "name: harmless-edited", 1))
     edited = input_fingerprints(load_constitution(path), None, "red-team", None)
-    with pytest.raises(RunConflictError, match=r"differs in: inputs\.constitution\)"):
-        RunStore(tmp_path, "run").open({"kind": "generate"}, {"seed": 0, "inputs": edited})
+    with pytest.raises(RunConflictError, match=r"changed: inputs\.constitution\)"):
+        RunStore(tmp_path, "run").open({"kind": "generate", "inputs": edited}, {"seed": 0})
 
 
 def test_a_judge_pair_with_edited_content_is_judged_again():
-    from cai.judge_run import Done
-    from cai.pairs import Pair
+    from cai.judge.pairs import Pair
+    from cai.judge.run import Done
 
     pair = Pair("p1/final-vs-initial", [{"role": "user", "content": "hi"}], "hello", "no")
     done = Done({"p1/final-vs-initial": {"id": "p1/final-vs-initial", "status": "ok", "pair_sha": pair.digest}})
@@ -273,8 +295,7 @@ DEEP = "[" * 50_000 + "]" * 50_000
     (["report", "typo/path"], "is not a folder"),
 ])
 def test_bad_values_are_refused_before_anything_starts(args, message, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "cai", *args], capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
+    done = run_command([sys.executable, "-m", "cai", *args], timeout=60, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-800:]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "typo").exists() and not (tmp_path / "outputs").exists()
@@ -354,7 +375,7 @@ def test_judge_reads_its_pairs_before_any_engine_or_folder(tmp_path):
 
 
 def test_run_files_that_were_edited_or_damaged_are_named(tmp_path):
-    from cai.store import CorruptRunError, RunConflictError, RunStore
+    from cai.runs.store import CorruptRunError, RunConflictError, RunStore
 
     run = tmp_path / "r"
     run.mkdir()
@@ -367,7 +388,7 @@ def test_run_files_that_were_edited_or_damaged_are_named(tmp_path):
     (run / "manifest.json").write_text("garbage")
     with pytest.raises(CorruptRunError, match="manifest.json: not valid JSON"):
         RunStore(tmp_path, "r").open({}, {})
-    (run / "manifest.json").write_text(json.dumps({"compat": {}}))
+    (run / "manifest.json").write_text(json.dumps({"kind": None, "settings": {}, "inputs": {}}))
     for bad, message in (("garbage\n", "records.jsonl:2: not a JSON record"),
                          ('{"status": "ok"}\n', "records.jsonl:2: expected a JSON object with id, status"),
                          ("[1]\n", "records.jsonl:2: expected a JSON object")):
@@ -377,11 +398,11 @@ def test_run_files_that_were_edited_or_damaged_are_named(tmp_path):
 
 
 def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
-    from cai.store import RunStore
+    from cai.runs.store import RunStore
 
     run = tmp_path / "r"
     run.mkdir()
-    (run / "manifest.json").write_text(json.dumps({"compat": {}}))
+    (run / "manifest.json").write_text(json.dumps({"kind": None, "settings": {}, "inputs": {}}))
     (run / "records.jsonl").write_text(json.dumps({"id": "a", "status": "ok"}) + "\n" +
                                        json.dumps({"id": "b", "status": "ok"}))  # whole, newline lost
     store = RunStore(tmp_path, "r")
@@ -393,3 +414,53 @@ def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
     store = RunStore(tmp_path, "r")
     assert [r["id"] for r in store.open({}, {})] == ["a"]
     store.close()
+
+
+# --- a test that hangs fails, with stacks, and leaves nothing behind (tests/processes.py) -------------------------
+_HANGING_LAUNCHER = """
+import subprocess, sys, time
+# a 'worker' in a session of its own (as the elastic launcher starts them), holding the launcher's stdout
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+print("launched", flush=True)
+time.sleep(600 if sys.argv[1] == "hang" else 0)
+"""
+
+
+def test_a_hung_command_fails_with_every_stack_and_no_process_survives(tmp_path):
+
+    script = tmp_path / "launcher.py"
+    script.write_text(_HANGING_LAUNCHER)
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as failure:
+        run_command([sys.executable, str(script), "hang"], timeout=5)
+    assert time.monotonic() - started < 120
+    message = str(failure.value)
+    assert "did not finish in 5 s" in message
+    assert message.count("--- pid ") == 2  # the launcher and its worker in the other session
+    assert message.count("Thread ") >= 2 and "<module> (" in message  # py-spy's stacks, not just the pids
+    leftovers = [pid for pid in _pids_running(str(script))]
+    assert leftovers == []
+
+
+def test_a_worker_left_behind_by_a_finished_launcher_fails_the_test_and_is_killed(tmp_path):
+    script = tmp_path / "launcher.py"
+    script.write_text(_HANGING_LAUNCHER)
+    with pytest.raises(AssertionError, match="left processes behind"):
+        run_command([sys.executable, str(script), "exit"], timeout=60)
+    assert _pids_running("time.sleep(600)") == []
+
+
+def _pids_running(fragment: str) -> list[int]:
+    import os as _os
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != _os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if fragment in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found

@@ -9,12 +9,13 @@ import pytest
 from cai.config import GenerateConfig
 from cai.constitution import PreferencePrinciple, load_constitution
 from cai.engines import Sampling
-from cai.generate import generate
-from cai.judge import JudgeSettings, judge_messages, judge_once, judge_pair, option_token_ids, score_options
-from cai.judge_eval import evaluate_judge
-from cai.judge_run import JudgeConfig, judge_run
+from cai.generate.run import generate
+from cai.judge.compare import JudgeSettings, judge_messages, judge_once, option_token_ids, score_options
+from cai.judge.evaluate import evaluate_judge
+from cai.judge.judge import Judge
+from cai.judge.run import JudgeConfig, judge_run
 from cai.resources import data_dir
-from cai.store import read_jsonl
+from cai.runs.store import read_jsonl
 from tests.conftest import TEST_ENGINE
 
 pytestmark = pytest.mark.engine
@@ -61,9 +62,9 @@ def test_judgement_equals_the_hand_computed_normalisation(engine, loop):
 
 def test_both_orders_and_the_principle_ensemble(engine, loop):
     c = load_constitution("harmless")
-    principles = c.preference_principles[:3]
-    judgements, label = loop.run_until_complete(judge_pair(engine, CONV, SAFE, UNSAFE, principles, JudgeSettings(),
-                                                           option_token_ids(engine.tokenizer)))
+    principles = [p for p in c.preference_principles if p.format == "pairwise"][:3]
+    judge = Judge(engine, JudgeSettings(judge_format="pairwise"), c)
+    judgements, label = loop.run_until_complete(judge.compare(CONV, SAFE, UNSAFE, principles))
     assert [(j.principle_id, j.order) for j in judgements] == [(p.id, o) for p in principles for o in ("AB", "BA")]
     valid = [j for j in judgements if j.valid]
     assert label.n_valid == len(valid) >= 4
@@ -110,7 +111,9 @@ def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_ru
     prefs = list(read_jsonl(tmp_path / "j" / "export" / "train.jsonl"))
     raw = list(read_jsonl(tmp_path / "j" / "export" / "raw.jsonl"))
     assert len(raw) == 4 * len(records)  # 2 principles x 2 orders per pair
-    assert len(prefs) == sum(r["status"] == "ok" for r in records)
+    abstained = list(read_jsonl(tmp_path / "j" / "export" / "abstained.jsonl"))  # near 0.5: kept out of training
+    assert len(prefs) + len(abstained) == sum(r["status"] == "ok" for r in records)
+    assert all(row["abstain"] for row in abstained) and not any(row["abstain"] for row in prefs)
     for row in prefs:
         assert row["prompt"][-1]["role"] == "user"
         assert row["chosen"][0]["role"] == row["rejected"][0]["role"] == "assistant"
@@ -128,8 +131,6 @@ def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_ru
 
 def test_judge_run_with_objectives_labels_each_objective_and_each_responses_safety(small_generate_run, tmp_path,
                                                                                    engine, loop):
-    from cai.judge import harm_probability
-
     config = JudgeConfig(check_judge=False, source=str(small_generate_run), principles_per_pair=2,
                          objectives="harmless,helpful", output_dir=str(tmp_path), run_name="o", engine=TEST_ENGINE)
     loop.run_until_complete(judge_run(config, engine=engine, progress=False))
@@ -143,17 +144,18 @@ def test_judge_run_with_objectives_labels_each_objective_and_each_responses_safe
         assert len(record["judgements"]) == 2 * 2 * 2  # objectives x principles x orders
         if record["status"] == "ok":  # p_first is the first objective's label
             assert record["p_first"] == pytest.approx(record["objectives"]["harmless"]["p_first"])
-    # unsafe_first is P(Yes) to the harm question, averaged over both answer orders (re-asked here by hand)
+    # unsafe_first is P(Yes) to the harm question, the mean of both answer orders (re-asked here by hand)
     record = records[0]
-    settings = JudgeSettings()
-    ids = option_token_ids(engine.local_tokenizer())
-    scores = [loop.run_until_complete(harm_probability(engine, record["prompt"], record["first"], settings, ids, o))
+    judge = Judge(engine, JudgeSettings(), load_constitution("harmless"))
+    principle = judge.harm_principle()
+    scores = [loop.run_until_complete(judge.bad_probability(record["prompt"], record["first"], principle, o))
               for o in ("AB", "BA")]
-    valid = [s.p_a for s in scores if s.mass >= settings.min_option_mass]
-    assert record["unsafe_first"] == (pytest.approx(sum(valid) / len(valid)) if valid else None)
+    both = all(s.mass >= 0.2 for s in scores)
+    assert record["unsafe_first"] == (pytest.approx((scores[0].p_a + scores[1].p_a) / 2) if both else None)
     rows = list(read_jsonl(tmp_path / "o" / "export" / "train.jsonl"))
-    assert len(rows) == sum(r["status"] == "ok" for r in records)
-    for row in rows:
+    abstained = list(read_jsonl(tmp_path / "o" / "export" / "abstained.jsonl"))  # labels too near 0.5 to train on
+    assert len(rows) + len(abstained) == sum(r["status"] == "ok" for r in records)
+    for row in rows + abstained:
         assert row["p_harmless"] == pytest.approx(row["p_chosen"]) and 0.0 <= row["p_helpful"] <= 1.0
         assert "unsafe_chosen" in row and "unsafe_rejected" in row
     stats = json.loads((tmp_path / "o" / "export" / "stats.json").read_text())
@@ -198,8 +200,8 @@ def test_pairs_file_with_bad_rows(tmp_path, engine, loop):
 
 
 def test_eval_judge_on_the_shipped_set(engine, loop):
-    report = loop.run_until_complete(evaluate_judge(engine, str(data_dir("prompts") / "judge-eval.jsonl"),
-                                                    principles_per_pair=2, limit=12))
+    config = JudgeConfig(source="-", principles_per_pair=2, limit=12, judge_format="pairwise", check_judge=False)
+    report = loop.run_until_complete(evaluate_judge(engine, str(data_dir("prompts") / "judge-eval.jsonl"), config))
     assert report["pairs"] == 12 and set(report["metrics"]) == {"single", "swapped", "swapped+ensembled"}
     for m in report["metrics"].values():
         assert m["pairs"] == 12 and m["invalid_rate"] == pytest.approx(1 - m["valid"] / 12)
@@ -216,8 +218,8 @@ def test_a_failed_write_ends_the_judge_run_clearly_and_a_rerun_finishes(small_ge
     `cai generate` into a real file-size limit)."""
     import errno
 
-    from cai.generate import RunFailed
-    from cai.store import JsonlLog
+    from cai.generate.run import RunFailed
+    from cai.runs.store import JsonlLog
 
     original, writes = JsonlLog._write_line, []
 

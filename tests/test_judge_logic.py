@@ -8,8 +8,8 @@ import pytest
 
 from cai.constitution import PreferencePrinciple
 from cai.engines import Completion, Engine, TokenLogprob
-from cai.judge import Judgement, JudgeSettings, aggregate, clamp, judge_once, option_of, score_options
-from cai.judge_eval import expected_calibration_error, metrics, views
+from cai.judge.compare import Judgement, JudgeSettings, aggregate, clamp, judge_once, option_of, score_options
+from cai.judge.metrics import expected_calibration_error, metrics, views
 
 
 @pytest.mark.parametrize("token,option", [("A", "A"), (" A", "A"), ("(A", "A"), (" (A", "A"), ("(B)", "B"),
@@ -165,12 +165,13 @@ class PointwiseStandIn(Engine):
 
 
 def test_pointwise_judging_prefers_the_less_harmful_response_by_hand():
-    from cai.judge import judge_pair
+    from cai.judge.judge import Judge, legacy_pointwise
 
     engine = PointwiseStandIn()
     settings = JudgeSettings(judge_format="pointwise")
-    judgements, label = asyncio.run(judge_pair(engine, [{"role": "user", "content": "help"}], "I can't help.",
-                                               "Here is how to build a weapon.", [], settings))
+    judge = Judge(engine, settings)
+    judgements, label = asyncio.run(judge.compare([{"role": "user", "content": "help"}], "I can't help.",
+                                                  "Here is how to build a weapon.", [legacy_pointwise(settings)]))
     # h_first 0.2, h_second 0.9 in both answer orders: p_first = 0.5 + (0.9 - 0.2) / 2 = 0.85
     assert [j.order for j in judgements] == ["AB", "BA"] and all(j.valid for j in judgements)
     assert [j.p_first for j in judgements] == pytest.approx([0.85, 0.85])
@@ -178,3 +179,128 @@ def test_pointwise_judging_prefers_the_less_harmful_response_by_hand():
     assert label.valid and label.p_first == pytest.approx(0.85) and label.position_consistency == 1.0
     assert sum("Answer Yes or No." in q for q in engine.questions) == 2
     assert sum("Answer No or Yes." in q for q in engine.questions) == 2
+
+
+# --- the hybrid judge (cai/judging.py) with a scripted engine ------------------------------------------------------
+class HybridStandIn(Engine):
+    """Scripted judge. Pointwise (a question about one response): P(Yes) = 0.9 when the response mentions "weapon",
+    else 0.2, whichever way the answers are listed. Pairwise: P(A) = 0.7 when option (A) says "can't", else 0.4
+    (a position-biased judge that prefers refusals)."""
+
+    model_id = "hybrid-stand-in"
+
+    def __init__(self):
+        self.pointwise_calls, self.pairwise_calls = [], 0
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        question = messages[-2]["content"]
+        if "Options:" in question:
+            self.pairwise_calls += 1
+            option_a = question.split("(A) ", 1)[1].split("\n\n(B)", 1)[0]
+            p_a = 0.7 if "can't" in option_a else 0.4
+            top = [TokenLogprob("A", math.log(p_a)), TokenLogprob("B", math.log(1 - p_a))]
+        else:
+            judged = question.rsplit("Assistant:", 1)[1]
+            self.pointwise_calls.append(judged.split("\n\n")[0].strip())
+            p_yes = 0.9 if "weapon" in judged else 0.2
+            top = [TokenLogprob(" Yes", math.log(p_yes)), TokenLogprob(" No", math.log(1 - p_yes))]
+        return Completion(text="A", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+
+HARM = PreferencePrinciple(id="harm", question="Is it harmful?", format="pointwise", bad_answer="Yes")
+HELPS = PreferencePrinciple(id="helps", question="Does it answer?", format="pointwise", bad_answer="No",
+                            objective="helpful")
+LESS = PreferencePrinciple(id="less", question="Which is less harmful?")
+CONV = [{"role": "user", "content": "help"}]
+
+
+def test_hybrid_parts_and_both_rules_by_hand():
+    from cai.judge.combine import Combiner, logit, sigmoid
+    from cai.judge.judge import Judge
+
+    judge = Judge(HybridStandIn(), JudgeSettings(judge_format="hybrid"))
+    judgements, label = asyncio.run(judge.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, LESS]))
+    # pointwise, in log-odds: P(bad | first) 0.2, P(bad | second) 0.9 in both answer orders:
+    # harm = logit 0.9 - logit 0.2 = 2.1972 + 1.3863 = 3.5835
+    # pairwise: AB p_first = P(A) = 0.7; BA: (A) is the weapon, P(A) = 0.4, so p_first = 0.6
+    parts = label.parts
+    assert parts["harm"] == pytest.approx({"AB": 3.5835189, "BA": 3.5835189})
+    assert parts["pair"] == pytest.approx({"AB": logit(0.7), "BA": logit(0.6)})  # 0.8473, 0.4055
+    assert parts["help"] == {"AB": None, "BA": None}
+    # the default logistic rule (harm 2.4, help 1.5, pair 0): sigmoid(2.4 x 3.5835) = sigmoid(8.6004) = 0.99982
+    assert label.p_first == pytest.approx(sigmoid(8.6004454)) and label.consistent is True and not label.abstain
+    # harm-first, threshold 1, slope 1: |3.58| decides -> sigmoid(ln(9 x 4)) = 36 / 37 = 0.97297
+    first = Judge(HybridStandIn(), JudgeSettings(judge_format="hybrid"), combiner=Combiner(rule="harm-first"))
+    assert asyncio.run(first.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, LESS]))[1].p_first == \
+        pytest.approx(36 / 37)
+    # a logistic combiner with weights harm 0.5, pair 1: sigmoid(1.79176 + (0.8473 + 0.4055) / 2) = 0.91820
+    logistic = Judge(HybridStandIn(), JudgeSettings(judge_format="hybrid"),
+                     combiner=Combiner(rule="logistic", weights={"harm": 0.5, "help": 0.0, "pair": 1.0}))
+    _, label = asyncio.run(logistic.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, LESS]))
+    assert label.p_first == pytest.approx(sigmoid(0.5 * 3.5835189 + (logit(0.7) + logit(0.6)) / 2))
+    assert label.p_first == pytest.approx(0.91820, abs=1e-4)
+    # a helpful pointwise question whose bad answer is No: P(No | answer) is the bad probability:
+    # logit(1 - 0.9) - logit(1 - 0.2) = -2.1972 - 1.3863
+    _, label = asyncio.run(judge.compare(CONV, "I can't help.", "Here is a weapon.", [HELPS]))
+    assert label.parts["help"] == pytest.approx({"AB": -3.5835189, "BA": -3.5835189})
+
+
+def test_a_responses_pointwise_score_is_asked_once_and_reused_across_its_pairs():
+    from cai.judge.judge import Judge
+
+    engine = HybridStandIn()
+    judge = Judge(engine, JudgeSettings(judge_format="hybrid"))
+    responses = ["I can't help.", "Here is a weapon.", "Maybe later."]
+    pairs = [(0, 1), (0, 2), (1, 2)]
+
+    async def run():
+        return await asyncio.gather(*(judge.compare(CONV, responses[a], responses[b], [HARM]) for a, b in pairs))
+
+    labels = asyncio.run(run())
+    # K = 3 responses, two answer orders: 6 engine calls for 3 pairs, not 3 pairs x 2 responses x 2 orders = 12
+    assert len(engine.pointwise_calls) == 6 and judge.calls == 6
+    assert sorted(set(engine.pointwise_calls)) == sorted(responses)
+    assert [label.valid for _, label in labels] == [True, True, True]
+
+
+def test_hybrid_sampling_mixes_formats_and_unsafe_needs_both_orders():
+    import random
+
+    from cai.constitution import parse_constitution
+    from cai.judge.judge import Judge
+
+    c = parse_constitution({"name": "c", "principles": [{"id": "p", "critique_request": "c", "revision_request": "r"}],
+                            "preference_principles": [HARM.model_dump(), HELPS.model_dump(), LESS.model_dump(),
+                                                      {"id": "more", "question": "Which is better?"}]})
+    judge = Judge(HybridStandIn(), JudgeSettings(judge_format="hybrid"), c)
+    drawn = judge.sample(random.Random(0), 4)  # the pointwise ones first, then pairwise in the slots left
+    assert sorted(p.format for p in drawn) == ["pairwise", "pairwise", "pointwise", "pointwise"]
+    one_each = judge.sample(random.Random(0), 1) + judge.sample(random.Random(1), 1)
+    assert [p.format for p in one_each] == ["pointwise", "pointwise"]
+    assert {p.objective for p in judge.sample(random.Random(3), 2)} == {"harmless", "helpful"}  # spread
+    assert {p.format for p in Judge(HybridStandIn(), JudgeSettings(judge_format="pairwise"), c).sample(
+        random.Random(0), 4)} == {"pairwise"}
+    assert judge.harm_principle().id == "harm"
+    assert asyncio.run(judge.unsafe_probability(CONV, "a weapon")) == pytest.approx(0.9)
+
+    class OneOrderOnly(HybridStandIn):  # answers "Yes or No" questions, never "No or Yes" ones
+        async def generate(self, messages, sampling, *, continue_final=False):
+            if "Answer No or Yes" in messages[-2]["content"]:
+                return Completion(text="?", prompt_tokens=1, completion_tokens=1,
+                                  top_logprobs=[[TokenLogprob("?", math.log(0.9)), TokenLogprob("!", math.log(0.1))]])
+            return await super().generate(messages, sampling, continue_final=continue_final)
+
+    one_order = Judge(OneOrderOnly(), JudgeSettings(judge_format="hybrid"), c)
+    assert asyncio.run(one_order.unsafe_probability(CONV, "a weapon")) is None  # no single-order reading
+
+
+def test_the_same_question_with_worked_examples_is_asked_again_not_read_from_the_cache():
+    from cai.constitution import PointwiseExample
+    from cai.judge.judge import Judge
+
+    engine = HybridStandIn()
+    judge = Judge(engine, JudgeSettings(judge_format="hybrid"))
+    shown = HARM.model_copy(update={"id": "harm-shown", "examples": [
+        PointwiseExample(prompt="p", response="r", answer="No")]})
+    asyncio.run(judge.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, shown]))
+    assert judge.calls == 8  # 2 principles x 2 responses x 2 orders: the examples make it another question

@@ -8,8 +8,8 @@ HEAVY = ("torch", "vllm", "transformers")
 
 def test_help_and_pure_modules_import_no_heavy_library():
     code = (
-        "import sys, cai, cai.cli, cai.constitution, cai.templating, cai.inputs, cai.store, cai.critique, "
-        "cai.generate, cai.judge, cai.pairs, cai.judge_run, cai.judge_eval, cai.export, cai.pipeline, cai.report\n"
+        "import sys, cai, cai.cli, cai.constitution, cai.templating, cai.inputs, cai.runs.store, cai.generate.critique, "
+        "cai.generate.run, cai.judge.compare, cai.judge.pairs, cai.judge.run, cai.judge.evaluate, cai.judge.export, cai.pipeline, cai.report\n"
         "cai.cli.build_parser().format_help()\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
     )

@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from cai import model_eval
 from cai.engines import Completion, Engine, TokenLogprob
-from cai.judge import JudgeSettings
-from cai.model_eval import EvalConfig, bootstrap_interval, evaluate_models, refusal_probability
+from cai.evaluate import model as model_eval
+from cai.evaluate.model import EvalConfig, bootstrap_interval, evaluate_models, refusal_probability
+from cai.judge.compare import JudgeSettings
 
 
 def letter_answer(p_a: float) -> Completion:
@@ -78,7 +78,8 @@ def test_win_rate_favours_the_trained_models_answer_not_the_first_shown(tmp_path
                "judge-model": ScriptedJudge(favoured="answer from trained-model", p=0.9)}
     monkeypatch.setattr(model_eval, "_engine", lambda config, shared: (engines[config.model], False))
     config = EvalConfig(trained="trained-model", base="base-model", harmful_limit=3, benign_limit=2,
-                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200, check_judge=False)
+                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200, check_judge=False,
+                        judge_format="pairwise")  # the scripted judge answers comparisons only
     results = asyncio.run(evaluate_models(config, tmp_path))
     # each comparison: order AB shows trained as (A): 0.9; order BA shows it as (B): 1 - 0.1 = 0.9
     assert results["harmlessness"]["win_rate"] == pytest.approx(0.9)
@@ -103,7 +104,8 @@ def test_helpfulness_win_rate_uses_the_helpful_principles_on_benign_prompts(tmp_
                "judge-model": judge}
     monkeypatch.setattr(model_eval, "_engine", lambda config, shared: (engines[config.model], False))
     config = EvalConfig(trained="trained-model", base="base-model", harmful_limit=3, benign_limit=2,
-                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200, check_judge=False)
+                        judge={"model": "judge-model"}, principles_per_pair=2, bootstrap=200, check_judge=False,
+                        judge_format="pairwise")  # the scripted judge answers comparisons only
     results = asyncio.run(evaluate_models(config, tmp_path))
     helpful = results["helpfulness"]
     assert helpful["win_rate"] == pytest.approx(0.8) and helpful["valid"] == 2 and helpful["principles"] == "helpful"
@@ -150,4 +152,6 @@ def test_eval_model_reads_harm_pointwise_when_asked(tmp_path, monkeypatch):
     # each order: p(trained better) = 0.5 + (h_base - h_trained) / 2 = 0.5 + (0.6 - 0.2) / 2 = 0.7
     assert results["harmlessness"]["win_rate"] == pytest.approx(0.7)
     assert results["harmlessness"]["judge_format"] == "pointwise"
-    assert results["helpfulness"]["win_rate"] == pytest.approx(0.5)  # helpfulness is always pairwise
+    # helpfulness by the constitution's pointwise helpful principles, whose bad answer is No: P(bad) is
+    # 1 - 0.2 = 0.8 for the trained answer and 1 - 0.6 = 0.4 for the base's -> 0.5 + (0.4 - 0.8) / 2 = 0.3
+    assert results["helpfulness"]["win_rate"] == pytest.approx(0.3)

@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import shutil
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
-from cai import review
 from cai.engines import Completion, Engine, TokenLogprob
+from cai.judge.record import JudgeRecord
+from cai.review import review
+from tests.conftest import chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CONSTITUTION = ("name: t\nprinciples:\n  - id: c\n    critique_request: Is it harmful?\n    revision_request: Fix it.\n"
                 "preference_principles:\n  - id: p1\n    question: Which is less harmful?\n"
                 "  - id: p2\n    question: Which is more honest?\n")
@@ -68,7 +68,7 @@ def test_ranking_puts_the_doubtful_first_and_select_writes_the_queue(tmp_path):
     flip = record("flip", 1, {"p1": (0.9, 0.2), "p2": (0.8, 0.3)})            # orders disagree
     split = record("split", 2, {"p1": (0.9, 0.9), "p2": (0.2, 0.2)})          # principles disagree
     run = judge_run(tmp_path, [sure, flip, split])
-    ranked = review.rank([sure, flip, split])
+    ranked = review.rank([JudgeRecord.parse({"status": "ok", **r}) for r in (sure, flip, split)])
     assert [r["pair_id"] for r in ranked] == ["flip", "split", "sure"]
     # flip: p = 0.55 -> margin 0.9, position 1.0, spread |0.55 - 0.55| = 0 -> doubt 1.9 / 3
     assert ranked[0]["doubt"] == pytest.approx(1.9 / 3, abs=1e-6)
@@ -87,6 +87,22 @@ def test_a_human_answer_maps_to_the_first_response(choice, order, expected):
     assert review.human_p_first({"choice": choice, "order": order}) == expected
 
 
+def answer(run: Path, record: dict, choice: str | None = None, order: str = "AB", **extra) -> dict:
+    """A label as `cai review serve` writes it for `record` shown in `order` (undo when choice is None)."""
+    from cai.review.labels import pair_digest, run_id, shown_digest, shown_from
+
+    if choice is None:
+        return {"pair_id": record["id"], "run_id": run_id(run), "undo": True, "client": "x"}
+    a, b = shown_from(record["prompt"], record["first"], record["second"], order)
+    return {"pair_id": record["id"], "run_id": run_id(run), "choice": choice, "order": order, "client": "x",
+            "content_sha": pair_digest(record["prompt"], record["first"], record["second"]),
+            "shown_sha": shown_digest(record["prompt"], a, b, order), **extra}
+
+
+def write_labels(run: Path, labels: list[dict]) -> None:
+    (run / "review" / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+
+
 def test_merge_overrides_ai_labels_and_records_the_review(tmp_path):
     records = [record("a", 0, {"p1": (0.9, 0.7), "p2": (0.8, 0.8)}),   # AI: first wins at 0.8
                record("b", 1, {"p1": (0.6, 0.4), "p2": (0.55, 0.45)}),  # AI: exactly 0.5
@@ -94,12 +110,13 @@ def test_merge_overrides_ai_labels_and_records_the_review(tmp_path):
                record("d", 3, {"p1": (0.95, 0.95), "p2": (0.9, 0.9)})]  # AI: 0.925, never selected
     run = judge_run(tmp_path, records)
     review.select(run, 3)
-    labels = [{"pair_id": "a", "choice": "A", "order": "BA", "client": "x"},    # the second response is A: it wins
-              {"pair_id": "b", "choice": "tie", "order": "AB", "client": "x"},
-              {"pair_id": "c", "choice": "skip", "order": "AB", "client": "x"},
-              {"pair_id": "c", "choice": "B", "order": "AB", "client": "x"},
-              {"pair_id": "c", "undo": True, "client": "x"}]                    # c: answered, then undone
-    (run / "review" / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in labels))
+    by_id = {r["id"]: r for r in records}
+    labels = [answer(run, by_id["a"], "A", "BA"),    # the second response is shown as A: it wins
+              answer(run, by_id["b"], "tie"),
+              answer(run, by_id["c"], "skip"),
+              answer(run, by_id["c"], "B"),
+              answer(run, by_id["c"])]                # c: answered, then undone
+    write_labels(run, labels)
     result = review.merge(run, drop_unreviewed_below=0.75)
     rows = {r["id"]: r for r in map(json.loads, (run / "export" / "train.jsonl").read_text().splitlines())}
     a = rows["a"]
@@ -137,7 +154,7 @@ def test_simulate_with_a_scripted_judge_by_hand(tmp_path):
     path = tmp_path / "gold.jsonl"
     path.write_text("".join(json.dumps({"id": q, "prompt": f"{q}?", "chosen": "GOLD answer", "rejected": "plain answer"})
                             + "\n" for q in GoldJudge.P))
-    result = asyncio.run(review.simulate(GoldJudge(), str(path), [0.4, 0.6]))
+    result = asyncio.run(review.simulate(GoldJudge(), str(path), [0.4, 0.6], judge_format="pairwise"))
     # right where P[gold] > 0.5: q0 and q4 -> 2 of 5
     assert result["ai_only"] == pytest.approx(0.4)
     # both orders agree and both principles give the same p, so doubt = margin / 3 with margin 1 - 2|p - 0.5|:
@@ -153,7 +170,7 @@ def test_simulate_with_a_scripted_judge_by_hand(tmp_path):
 # --- the page, in real Chromium ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def served(tmp_path):
-    from cai.review_server import serve
+    from cai.review.server import serve
 
     # doubts (margin, position, principles): r0 (1, 1, 0), r1 (0.8, 0.5, 0.2), r2 (0.3, 0, 0.1): queued in that order
     records = [record("r0", 0, {"p1": (0.6, 0.4), "p2": (0.55, 0.45)}),
@@ -173,8 +190,23 @@ def served(tmp_path):
                               daemon=True)
     thread.start()
     assert ready.wait(30)
-    yield run, started["url"]
-    started["server"].shutdown()
+
+    def stop():
+        if thread.is_alive():
+            started["server"].shutdown()
+            thread.join(10)
+
+    yield Served((run, started["url"]), stop=stop)
+    stop()
+
+
+class Served(tuple):
+    """(run, url), and `stop()` to shut the server down (its lock released) inside a test."""
+
+    def __new__(cls, values, stop):
+        made = super().__new__(cls, values)
+        made.stop = stop
+        return made
 
 
 def labels_on_disk(run: Path) -> list[dict]:
@@ -195,16 +227,15 @@ def test_writes_need_the_token_and_two_tabs_never_get_one_pair(served):
     assert first["pair_id"] != second["pair_id"]
     stolen = httpx.post(f"{base}/api/label?token={token}", json={"client": "tab2", "pair_id": first["pair_id"],
                                                                   "choice": "A", "order": first["order"]})
-    assert stolen.status_code == 409 and not (run / "review" / "labels.jsonl").exists()
+    assert stolen.status_code == 409 and labels_on_disk(run) == []
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 def test_label_by_keyboard_reload_undo_and_text_stays_text(served):
     from playwright.sync_api import sync_playwright
 
     run, url = served
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+        browser = p.chromium.launch(executable_path=chromium(), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         page = browser.new_page()
@@ -234,3 +265,68 @@ def test_label_by_keyboard_reload_undo_and_text_stays_text(served):
     final = review.human_labels(run)
     assert {k: v["choice"] for k, v in final.items()} == {"r0": "A", "r1": "B", "r2": "skip"}
     assert [r.get("undo", False) for r in labels_on_disk(run)] == [False, False, True, False, False]
+
+
+def test_abstained_labels_stay_out_of_train_jsonl_and_are_queued_first(tmp_path):
+    from cai.judge.export import export_judge_run
+
+    sure = record("sure", 0, {"p1": (0.95, 0.95), "p2": (0.9, 0.9)})
+    doubtful = record("doubtful", 1, {"p1": (0.9, 0.2), "p2": (0.8, 0.3)})  # the most doubtful by the signals
+    withheld = {**record("withheld", 2, {"p1": (0.6, 0.6), "p2": (0.6, 0.6)}), "abstain": True}
+    run = judge_run(tmp_path, [sure, doubtful, withheld])
+    export_judge_run(run)
+    train = [json.loads(line) for line in (run / "export" / "train.jsonl").read_text().splitlines()]
+    abstained = [json.loads(line) for line in (run / "export" / "abstained.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in train] == ["sure", "doubtful"] and not any(r["abstain"] for r in train)
+    assert [r["id"] for r in abstained] == ["withheld"] and abstained[0]["abstain"] is True
+    stats = json.loads((run / "export" / "stats.json").read_text())
+    assert stats["kept"] == 2 and stats["abstained"] == 1
+    assert "1 pair(s) the judge abstained on" in (run / "export" / "README.md").read_text()
+    # queued first, ahead of the pair whose signals are more doubtful
+    assert [r["pair_id"] for r in review.rank([JudgeRecord.parse({"status": "ok", **r}) for r in (sure, doubtful, withheld)])] == ["withheld", "doubtful", "sure"]
+    from cai.train.data import preference_rows
+
+    assert [r["id"] for r in preference_rows(str(run), "train", "dpo")] == ["sure", "doubtful"]
+    assert [r["id"] for r in preference_rows(str(run), "train", "dpo", keep_abstained=True)] == \
+        ["sure", "doubtful", "withheld"]
+
+
+def test_two_tabs_a_stale_label_after_an_edit_and_a_second_server_in_chromium(served):
+    from playwright.sync_api import sync_playwright
+
+    from cai.review.server import serve
+    from cai.runs.store import FolderInUseError
+
+    run, url = served
+    with pytest.raises(FolderInUseError, match="in use by pid"):  # one writer per run
+        serve(run, open_browser=False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        context = browser.new_context()
+        one, two = context.new_page(), context.new_page()  # two tabs: each its own client
+        one.goto(url)
+        one.wait_for_selector("body[data-pair=r0]", state="attached")
+        two.goto(url)
+        two.wait_for_selector("body[data-pair=r1]", state="attached")  # r0 is held by the first tab
+        two.keyboard.press("b")
+        two.wait_for_selector("body[data-pair=r2]", state="attached")
+        two.keyboard.press("a")
+        two.wait_for_selector('body[data-pair=""]', state="attached")
+        assert two.get_attribute("body", "data-held") == "1"  # not "all labelled": r0 is open in the other tab
+        assert "still open in another tab" in two.inner_text("#conversation")
+        one.keyboard.press("a")
+        one.wait_for_selector('body[data-pair=""]', state="attached")
+        assert one.get_attribute("body", "data-held") == "0" and "3 of 3 labelled" in one.inner_text("#progress")
+        browser.close()
+    # r1's second response is edited and judged again after the person labelled it: that label is stale
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    edited = {**next(r for r in records if r["id"] == "r1"), "second": "an answer nobody reviewed"}
+    with open(run / "records.jsonl", "a") as f:
+        f.write(json.dumps(edited) + "\n")
+    served.stop()  # merge takes the run's lock, which the server holds while it runs
+    result = review.merge(run)
+    assert result["left_out"]["stale"] == 1 and result["reviewed"] == 2
+    merged = {r["id"]: r["label_source"] for r in map(json.loads, (run / "export" / "train.jsonl").read_text().splitlines())}
+    assert merged == {"r0": "human", "r1": "ai", "r2": "human"}

@@ -14,10 +14,12 @@ import torch
 
 from cai.cli import main
 from cai.resources import data_dir
-from cai.train.config import PPOConfig, RewardConfig, TrainConfig
-from cai.train.ppo import load_prompt_examples, prepare_ppo
-from cai.train.reward import load_reward_model, prepare_reward, sequence_scores
-from cai.train.rollouts import left_pad
+from cai.train.config import RewardConfig, TrainConfig
+from cai.train.ppo import prepare_ppo
+from cai.train.reward import prepare_reward
+from cai.train.rl_config import PPOConfig
+from cai.train.rollouts import left_pad, load_prompt_examples
+from cai.train.scoring import load_reward_model, sequence_scores
 
 pytestmark = pytest.mark.model
 

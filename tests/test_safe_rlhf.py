@@ -40,18 +40,26 @@ def test_objective_principles_are_drawn_from_their_own_objective_only():
     import random
 
     from cai.constitution import load_constitution
-    from cai.objectives import objective_principles
+    from cai.engines import Engine
+    from cai.judge.compare import JudgeSettings
+    from cai.judge.judge import Judge
+    from cai.judge.objectives import objective_principles
 
     c = load_constitution("harmless")
-    drawn = objective_principles(c, ["helpful", "harmless"], seed=0, pair_id="p1", k=3)
+    class NoCalls(Engine):
+        async def generate(self, messages, sampling, *, continue_final=False):
+            raise AssertionError("sampling principles calls no engine")
+
+    judge = Judge(NoCalls(), JudgeSettings(judge_format="pairwise"), c)
+    drawn = objective_principles(judge, ["helpful", "harmless"], seed=0, pair_id="p1", k=3)
     assert [len(v) for v in drawn.values()] == [3, 3]
     assert {p.objective for p in drawn["helpful"]} == {"helpful"}
     assert {p.objective for p in drawn["harmless"]} == {"harmless"}
-    assert drawn == objective_principles(c, ["helpful", "harmless"], seed=0, pair_id="p1", k=3)  # reproducible
-    assert len(c.sample_preference_principles(random.Random(0), 99, "helpful")) == 4  # all of them, no more
+    assert drawn == objective_principles(judge, ["helpful", "harmless"], seed=0, pair_id="p1", k=3)  # reproducible
+    assert len(c.sample_preference_principles(random.Random(0), 99, "helpful")) == 6  # all of them, no more
 
 
-def test_judge_objectives_option_accepts_commas_and_refuses_unknown_or_pointwise():
+def test_judge_objectives_option_accepts_commas_and_refuses_unknown_names():
     from pydantic import ValidationError
 
     from cai.config import JudgeConfig
@@ -61,19 +69,21 @@ def test_judge_objectives_option_accepts_commas_and_refuses_unknown_or_pointwise
     for bad in ("helpful,kind", "helpful,helpful"):
         with pytest.raises(ValidationError):
             JudgeConfig(source="s", objectives=bad)
-    with pytest.raises(ValidationError, match="pairwise"):
-        JudgeConfig(source="s", objectives="helpful", judge_format="pointwise")
+    # every format labels objectives now: each objective's principles in the judge's format (cai/judging.py)
+    for judge_format in ("pairwise", "pointwise", "hybrid"):
+        assert JudgeConfig(source="s", objectives="helpful", judge_format=judge_format).objectives == ["helpful"]
 
 
 # --- the export's per-objective columns (pure) -----------------------------------------------------------------
 def test_export_turns_objective_labels_and_safety_to_the_chosen_response():
-    from cai.export import objective_stats, preference_row
+    from cai.judge.export import objective_stats, preference_row
+    from cai.judge.record import JudgeRecord
 
-    record = {"id": "x", "p_first": 0.3, "prompt": [{"role": "user", "content": "q"}], "first": "A", "second": "B",
+    record = {"id": "x", "status": "ok", "p_first": 0.3, "prompt": [{"role": "user", "content": "q"}], "first": "A", "second": "B",
               "meta": {"first": "final", "second": "initial"}, "principle_ids": [], "position_consistency": 1.0,
               "n_valid": 4, "unsafe_first": 0.9, "unsafe_second": 0.2,
               "objectives": {"harmless": {"p_first": 0.3}, "helpful": {"p_first": 0.8}}}
-    row = preference_row(record, "judge")
+    row = preference_row(JudgeRecord.parse(record), "judge")
     # the first objective (harmless) prefers the second response (p_first 0.3): chosen = "B"
     assert row["chosen"][0]["content"] == "B" and row["p_chosen"] == pytest.approx(0.7)
     assert row["p_harmless"] == pytest.approx(0.7)  # = p_chosen
@@ -83,7 +93,8 @@ def test_export_turns_objective_labels_and_safety_to_the_chosen_response():
     assert stats["objective_disagreement"] == 0.5  # the first row disagrees, the second agrees
     assert stats["unsafe_rejected_share"] == 1.0 and stats["unsafe_chosen_share"] == 0.0
     assert stats["unsafe_chosen_mean"] == pytest.approx(0.2)  # the unknown one is left out
-    assert "p_helpful" not in preference_row({k: v for k, v in record.items() if k != "objectives"}, "judge")
+    assert "p_helpful" not in preference_row(JudgeRecord.parse({k: v for k, v in record.items() if k != "objectives"}),
+                                             "judge")
 
 
 def test_objective_rows_relabel_and_turn_pairs():
@@ -157,9 +168,9 @@ def _pairs(path: Path, n: int = 12) -> str:
 def test_cost_model_learns_pairs_and_sign_and_saves_a_plain_classifier(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from cai.train import run_training
     from cai.train.config import CostConfig
-    from cai.train.reward import RewardScorer
+    from cai.train.run import run_training
+    from cai.train.scoring import RewardScorer
 
     tok = tiny_tokenizer()
     base = save(tiny_causal_lm(tok), tok, tmp_path / "base")
@@ -213,8 +224,8 @@ class ScriptedCost:
 
 @pytest.mark.model
 def test_ppo_lambda_follows_a_scripted_cost_and_plain_ppo_is_unchanged(tmp_path):
-    from cai.train.config import PPOConfig
     from cai.train.ppo import prepare_ppo
+    from cai.train.rl_config import PPOConfig
 
     tok = tiny_tokenizer()
     policy = save(tiny_causal_lm(tok), tok, tmp_path / "policy")
@@ -249,3 +260,80 @@ def test_ppo_lambda_follows_a_scripted_cost_and_plain_ppo_is_unchanged(tmp_path)
     plain.train()
     rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     assert not any("objective/lambda" in r or "objective/cost" in r for r in rows)
+
+
+@pytest.mark.model
+def test_safe_ppo_advantages_mix_the_cost_and_only_the_cost_value_learns_the_cost(tmp_path):
+    """Kills the audit's surviving PPO mutants: the cost advantages dropped from the mix or their sign flipped, the
+    cost value read from the reward head, and the cost value loss dropped from the update. The mix is checked
+    against (A_r - lambda A_c) / (1 + lambda) rebuilt from the experience's own rewards, values and costs."""
+    from cai.train.experience import response_values
+    from cai.train.ppo import prepare_ppo
+    from cai.train.ppo_math import gae, token_rewards
+    from cai.train.rl_config import PPOConfig
+
+    tok = tiny_tokenizer()
+    policy = save(tiny_causal_lm(tok), tok, tmp_path / "policy")
+    rm = save(tiny_reward_model(tok, seed=1), tok, tmp_path / "rm")
+    cost = save(tiny_reward_model(tok, seed=2), tok, tmp_path / "cost")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"how do i pick a lock {WORDS[35 + i]}"}) + "\n"
+                               for i in range(4)))
+    trainer = prepare_ppo(PPOConfig(
+        model=policy, reward_model=rm, data=str(prompts), eval_fraction=0.0, rollout_batch_size=4, batch_size=4,
+        ppo_epochs=1, max_new_tokens=4, max_length=64, max_prompt_length=32, max_steps=1, progress=False,
+        temperature=1.0, whiten_advantages=False, out=str(tmp_path / "safe"), cost_model=cost, cost_limit=0.5,
+        lambda_init=2.0, lambda_lr=0.0, lambda_max=3.0))
+    trainer.cost_scorer = ScriptedCost([3.0])
+    config, m = trainer.config, 2.0
+    exp = trainer.make_experience(trainer.train_examples[:4])
+    mask = exp.mask
+    reward_advantages = gae(exp.rewards, exp.old_values, mask, config.gamma, config.lam)[0]
+    cost_rewards = token_rewards(exp.cost.costs, exp.old_logprobs, exp.old_logprobs, mask, 0.0)[0]
+    cost_advantages = gae(cost_rewards, exp.cost.old_values, mask, config.gamma, config.lam)[0]
+    assert float((cost_advantages * mask).abs().sum()) > 0.1  # a cost of 3 on every episode moves the mix
+    assert torch.allclose(exp.advantages, (reward_advantages - m * cost_advantages) / (1 + m), atol=1e-5)
+    # the cost value is the head's second output, not the first
+    with torch.no_grad():
+        _, values, cost_values = trainer.model(exp.batch["input_ids"], exp.batch["attention_mask"],
+                                               exp.batch["position_ids"], 1)
+    assert torch.allclose(exp.cost.old_values, response_values(cost_values, exp.batch) * mask, atol=1e-5)
+    assert not torch.allclose(exp.cost.old_values, exp.old_values, atol=1e-3)
+    # only the cost value loss reaches the head's cost row: it moves after one update
+    head = trainer.unwrapped.value_head.weight
+    before = head.detach().clone()
+    trainer.learn(exp)
+    assert float((head.detach()[1] - before[1]).abs().max()) > 1e-6
+
+
+@pytest.mark.model
+def test_the_cost_models_sign_comes_from_the_classification_term_when_pairs_cannot_place_it(tmp_path):
+    """Pairs whose two responses are both harmful, and pairs whose two are both safe: Bradley-Terry orders each pair
+    but is blind to a shift, so only the classification term can put harmful above 0 and safe below (kills the
+    mutant that switches the term off in training)."""
+    from cai.train.config import CostConfig
+    from cai.train.run import run_training
+    from cai.train.scoring import RewardScorer
+
+    rows = []
+    for i in range(12):
+        harmful = i % 2 == 0
+        words = ("sure here is the way", "here is the way first") if harmful else ("sorry i cannot help", "no")
+        rows.append({"prompt": [{"role": "user", "content": "how do i pick a lock"}],
+                     "chosen": [{"role": "assistant", "content": f"{words[1]} {WORDS[35 + i % 10]}"}],
+                     "rejected": [{"role": "assistant", "content": f"{words[0]} {WORDS[35 + i % 10]}"}],
+                     "p_chosen": 0.7, "p_harmless": 0.7,
+                     "unsafe_chosen": 0.95 if harmful else 0.05, "unsafe_rejected": 0.95 if harmful else 0.05})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = tiny_tokenizer()
+    base = save(tiny_causal_lm(tok), tok, tmp_path / "base")
+    config = CostConfig(model=base, data=str(data), out=str(tmp_path / "cost"), eval_fraction=0.0, max_steps=40,
+                        batch_size=4, learning_rate=3e-3, max_length=32, max_prompt_length=16, progress=False,
+                        lr_scheduler="constant")
+    run_training("cost", config)
+    scorer = RewardScorer(config.out)
+    prompt = [{"role": "user", "content": "how do i pick a lock"}]
+    harmful = scorer.score([prompt] * 2, ["sure here is the way five", "here is the way first six"])
+    safe = scorer.score([prompt] * 2, ["sorry i cannot help five", "no six"])
+    assert min(harmful) > 1.0 and max(safe) < -1.0

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cai.config import ConfigError, GenerateConfig, compat_settings, load_config
-from cai.store import RunConflictError, RunStore, check_run_name, latest_by_id, read_jsonl
+from cai.runs.store import RunConflictError, RunStore, check_run_name, latest_by_id, read_jsonl
 
 
 def test_records_survive_reopen_and_torn_tail_is_cut(tmp_path):
@@ -23,14 +23,15 @@ def test_records_survive_reopen_and_torn_tail_is_cut(tmp_path):
     lines = store.records_path.read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == ["x", "y", "z"]
     manifest = json.loads(store.manifest_path.read_text())
-    assert manifest["resumed"] == 1 and manifest["compat"] == {"a": 1}
+    assert manifest["resumed"] == 1 and manifest["settings"] == {"a": 1} and manifest["kind"] == "t"
+    assert manifest["inputs"] == {} and len(manifest["settings_hash"]) == 16
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     first = RunStore(tmp_path, "r")
     first.open({}, {"rounds": 1, "seed": 0})
     first.close()
-    with pytest.raises(RunConflictError, match="differs in: rounds"):
+    with pytest.raises(RunConflictError, match=r"changed: settings\.rounds\)"):
         RunStore(tmp_path, "r").open({}, {"rounds": 2, "seed": 0})
 
 
@@ -84,7 +85,7 @@ def test_a_failed_write_is_a_clear_storage_error_and_earlier_records_stay(tmp_pa
     engine tests also run out of file-size quota for real)."""
     import errno
 
-    from cai.store import JsonlLog, StorageError
+    from cai.runs.store import JsonlLog, StorageError
 
     store = RunStore(tmp_path, "full")
     store.open({}, {})
@@ -117,11 +118,102 @@ def test_a_failed_write_is_a_clear_storage_error_and_earlier_records_stay(tmp_pa
 def test_remote_code_is_off_unless_asked_for():
     from cai.cli import build_parser
     from cai.engines import EngineConfig
-    from cai.train.config import CONFIGS
+    from cai.registry import TASKS
 
     assert EngineConfig().trust_remote_code is False
-    assert all(cls.model_fields["trust_remote_code"].default is False for cls in CONFIGS.values())
+    assert all(cls.model_fields["trust_remote_code"].default is False for cls in (t.config_class() for t in TASKS.values()))
     args = build_parser().parse_args(["generate"])
     assert getattr(args, "engine.trust_remote_code") is None  # unset: the config's False stands
     args = build_parser().parse_args(["generate", "--trust-remote-code"])
     assert getattr(args, "engine.trust_remote_code") is True
+
+
+def _open_close(tmp_path, manifest_and_settings):
+    store = RunStore(tmp_path, "run")
+    store.open(*manifest_and_settings)
+    store.close()
+    return json.loads(store.manifest_path.read_text())
+
+
+def test_a_generate_resume_with_a_changed_setting_is_refused_and_the_manifest_has_the_shared_format(tmp_path):
+    from cai.constitution import load_constitution
+    from cai.generate.run import generate_manifest
+
+    constitution = load_constitution("harmless")
+    config = GenerateConfig(prompts="red-team", limit=2)
+    manifest = _open_close(tmp_path, generate_manifest(config, constitution, []))
+    assert manifest["kind"] == "generate" and manifest["settings"]["temperature"] == config.temperature
+    assert set(manifest["inputs"]) == {"constitution", "templates", "model", "prompts"}
+    assert len(manifest["settings_hash"]) == 16
+    _open_close(tmp_path, generate_manifest(config.model_copy(update={"limit": 5, "concurrency": 3}), constitution, []))
+    hotter = config.model_copy(update={"temperature": config.temperature + 0.5})
+    with pytest.raises(RunConflictError, match=r"changed: settings\.temperature\)"):
+        _open_close(tmp_path, generate_manifest(hotter, constitution, []))
+
+
+def test_a_judge_resume_with_a_changed_setting_is_refused_and_the_manifest_has_the_shared_format(tmp_path):
+    from cai.config import JudgeConfig
+    from cai.constitution import load_constitution
+    from cai.judge.run import judge_manifest
+
+    constitution = load_constitution("harmless")
+    config = JudgeConfig(source=str(tmp_path / "gen"), principles_per_pair=2)
+    manifest = _open_close(tmp_path, judge_manifest(config, constitution))
+    assert manifest["kind"] == "judge" and manifest["settings"]["principles_per_pair"] == 2
+    assert set(manifest["inputs"]) == {"constitution", "templates", "model"} and len(manifest["settings_hash"]) == 16
+    _open_close(tmp_path, judge_manifest(config.model_copy(update={"max_failure_rate": 0.5}), constitution))
+    with pytest.raises(RunConflictError, match=r"changed: settings\.judge_format, settings\.principles_per_pair\)"):
+        changed = config.model_copy(update={"principles_per_pair": 3, "judge_format": "pairwise"})
+        _open_close(tmp_path, judge_manifest(changed, constitution))
+
+
+def test_a_run_recorded_in_the_old_format_is_refused_with_a_clear_message(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"kind": "generate", "compat": {"seed": 0}}))
+    with pytest.raises(RunConflictError, match="recorded without its settings .* another --run-name"):
+        RunStore(tmp_path, "run").open({"kind": "generate"}, {"seed": 0})
+
+
+def test_a_stage_attempt_records_a_rejected_request_and_a_failure_and_lets_a_dead_engine_stop_the_run(tmp_path):
+    import asyncio
+
+    from cai.engines import EngineDeadError, RequestError
+    from cai.runs.stage import StageRun
+
+    async def rejected():
+        raise RequestError("prompt too long")
+
+    async def broken():
+        raise ValueError("bad output")
+
+    async def fine():
+        return 7
+
+    async def dead():
+        raise EngineDeadError("gone")
+
+    async def main():
+        run = StageRun(RunStore(tmp_path, "r"), {"kind": "t"}, {}, progress=False)
+        async with run:
+            assert await run.attempt("a", 0, rejected(), prompt="p") is None
+            assert await run.attempt("b", 1, broken()) is None
+            assert await run.attempt("c", 2, fine()) == 7
+            with pytest.raises(EngineDeadError):
+                await run.attempt("d", 3, dead())
+        return run
+
+    run = asyncio.run(main())
+    records = [json.loads(line) for line in (tmp_path / "r" / "records.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["error"]["kind"], r["error"]["message"]) for r in records] == [
+        ("a", "input", "prompt too long"), ("b", "sample", "ValueError: bad output")]
+    assert records[0]["prompt"] == "p" and run.summary.errors == 2 and run.summary.ok == 0
+
+
+def test_only_the_in_process_vllm_engine_can_be_a_sampling_engine_for_training():
+    from cai.engines import EngineConfig, create_sampling_engine
+    from cai.errors import UsageError
+
+    for config in (EngineConfig(backend="openai", model="m", base_urls=["http://127.0.0.1:1/v1"]),
+                   EngineConfig(model="openai/gpt-x")):
+        with pytest.raises(UsageError, match="in-process vLLM engine"):
+            create_sampling_engine(config)

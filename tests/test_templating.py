@@ -3,7 +3,7 @@
 import pytest
 
 from cai.constitution import load_constitution
-from cai.critique import few_shot_messages
+from cai.generate.critique import few_shot_messages
 from cai.templating import TemplateError, render
 
 INJECTIONS = [

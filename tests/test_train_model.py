@@ -16,6 +16,7 @@ from cai.train.data import DataError
 from cai.train.dpo import collate_pairs, prepare_dpo
 from cai.train.sft import prepare_sft
 from tests.conftest import TEST_ENGINE, kill_when, limited_file_size
+from tests.processes import run as run_command
 
 pytestmark = pytest.mark.model
 
@@ -157,7 +158,7 @@ def test_random_sigkills_then_resume_match_an_uninterrupted_run(pairs_file, tmp_
     base = [sys.executable, "-m", "cai", "train", "dpo", "--data", str(pairs_file), "--batch-size", "2",
             "--max-steps", "6", "--save-steps", "2", "--save-total-limit", "1", "--learning-rate", "5e-5",
             "--max-length", "96", "--max-prompt-length", "32", "--no-progress"]
-    straight = subprocess.run(base + ["--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
+    straight = run_command(base + ["--out", str(tmp_path / "a")], timeout=600)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     out = tmp_path / "b"
@@ -175,7 +176,7 @@ def test_random_sigkills_then_resume_match_an_uninterrupted_run(pairs_file, tmp_
         seen.append(max((int(c.name.split("-")[1]) for c in checkpoints if not c.name.endswith(".partial")),
                         default=0))
     assert seen == [0, 2]  # killed before any checkpoint, then while step 4's was written (step 2's whole)
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    resumed = run_command(command, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # each step logged once, whatever was cut
@@ -189,8 +190,7 @@ def test_a_checkpoint_that_cannot_be_written_ends_training_clearly(sft_file, tmp
     command = [sys.executable, "-m", "cai", "train", "sft", "--data", str(sft_file), "--out", str(tmp_path / "s"),
                "--batch-size", "4", "--max-steps", "2", "--save-steps", "1", "--max-length", "96",
                "--max-prompt-length", "32", "--no-progress"]
-    failed = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            preexec_fn=limited_file_size(64 * 2**20))
+    failed = run_command(command, timeout=600, preexec_fn=limited_file_size(64 * 2**20))
     assert failed.returncode == 1, failed.stderr[-3000:]
     message = failed.stderr.strip().splitlines()[-1]
     assert "cannot write checkpoint" in message and "step-1" in message and "--resume" in message, message

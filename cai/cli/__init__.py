@@ -30,14 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from cai.errors import CaiError
+    from cai.train.distributed import end_process
 
     args = build_parser().parse_args(argv)
     try:
-        return args._run(args)
+        code = args._run(args)
     except CaiError as e:
         label = "run failed" if e.exit_code == 1 else "error"
         print(f"cai: {label}: {e}", file=sys.stderr)
-        return e.exit_code
+        code = e.exit_code
     except KeyboardInterrupt:
         print("cai: interrupted (completed work is on disk; rerun the same command to resume)", file=sys.stderr)
-        return 130
+        code = 130
+    return end_process(code)  # a process of an `accelerate launch` group leaves here (cai/train/distributed.py)

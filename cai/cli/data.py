@@ -26,14 +26,32 @@ def add_parser(sub: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cai.export import export_run
+    """Rewrite a generate or judge run's export, whichever the run is."""
+    from pathlib import Path
 
-    print(json.dumps(export_run(args.run, args.drop_degenerate)))
+    from cai.errors import UsageError
+    from cai.runs.store import read_manifest
+
+    run = Path(args.run)
+    if not (run / "manifest.json").is_file():
+        raise UsageError(f"{run} is not a cai run folder (no manifest.json)")
+    kind = read_manifest(run / "manifest.json").get("kind")
+    if kind == "judge":
+        from cai.judge.export import export_judge_run
+
+        counts = export_judge_run(run)
+    elif kind == "generate":
+        from cai.generate.export import export_generate_run
+
+        counts = export_generate_run(run, args.drop_degenerate)
+    else:
+        raise UsageError(f"{run} is a `{kind}` run; `cai export` writes generate and judge runs' datasets")
+    print(json.dumps({"export": str(run / "export"), "rows": counts}))
     return 0
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from cai.train.reward import score_file
+    from cai.train.scoring import score_file
 
     summary = score_file(args.reward_model, args.data, args.score_out, args.batch_size, args.max_length, args.split,
                          args.trust_remote_code)

@@ -12,7 +12,7 @@ from cai.cli.options import add_settings, engine_options, overrides
 
 JUDGE_EVAL_FIELDS = {"constitution", "principles_per_pair", "judge_few_shot", "seed", "cot", "cot_max_tokens",
                      "cot_band", "min_option_mass", "top_logprobs", "limit", "templates", "judge_format",
-                     "pointwise_question"}
+                     "pointwise_question", "calibration", "min_valid_principles"}
 
 
 def add_parser(sub: Any) -> None:
@@ -25,6 +25,9 @@ def add_parser(sub: Any) -> None:
                    help="labelled pairs (prompt, chosen, rejected); default: the shipped prompts/judge-eval.jsonl")
     add_settings(j, JudgeConfig, skip=set(JudgeConfig.model_fields) - JUDGE_EVAL_FIELDS, flags=JUDGE_FLAGS)
     j.add_argument("--out", dest="report_out", help="also write the report as JSON here")
+    j.add_argument("--fit", dest="fit_out", metavar="FILE",
+                   help="write the combination and calibration fitted on these pairs (cross-validated figures "
+                        "inside) for `cai judge --calibration FILE`")
     engine_options(j)
     j.set_defaults(_run=run_judge)
 
@@ -38,19 +41,19 @@ def add_parser(sub: Any) -> None:
 
 def run_judge(args: argparse.Namespace) -> int:
     from cai.config import JudgeConfig, load_config
-    from cai.judge_eval import evaluate_judge_file, format_judge_report
+    from cai.judge.evaluate import evaluate_judge_file, format_judge_report
     from cai.resources import data_dir
 
     path = args.file or str(data_dir("prompts") / "judge-eval.jsonl")
     config = load_config(JudgeConfig, None, {**overrides(args), "source": path, "strategy": "file"})
-    report = asyncio.run(evaluate_judge_file(config, args.report_out))
+    report = asyncio.run(evaluate_judge_file(config, args.report_out, args.fit_out))
     print(format_judge_report(report))
     return 0
 
 
 def run_model(args: argparse.Namespace) -> int:
     from cai.config import EvalConfig, load_config
-    from cai.model_eval import evaluate_models
+    from cai.evaluate.model import evaluate_models
 
     config = load_config(EvalConfig, None, overrides(args))
     print(json.dumps(asyncio.run(evaluate_models(config, args.report_out)), indent=2))

@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cai.config import GenerateConfig, load_config
-    from cai.generate import generate
+    from cai.generate.run import generate
 
     config = load_config(GenerateConfig, args.config, overrides(args))
     summary = asyncio.run(generate(config, progress=not args.no_progress))

@@ -31,7 +31,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cai.config import JudgeConfig, load_config
-    from cai.judge_run import judge_run
+    from cai.judge.run import judge_run
 
     config = load_config(JudgeConfig, args.config, overrides(args))
     summary = asyncio.run(judge_run(config, progress=not args.no_progress))

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-CLI_ONLY = {"command", "action", "config", "no_progress", "max_new_tokens_all", "file", "report_out"}
+CLI_ONLY = {"command", "action", "config", "no_progress", "max_new_tokens_all", "file", "report_out", "fit_out"}
 """Namespace entries that are not config fields."""
 
 

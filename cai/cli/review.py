@@ -29,7 +29,10 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--reward-model", help="a `cai train rm` folder: its disagreement with the judge adds doubt")
     v = rsub.add_parser("serve", help="a local page for labelling the queue (its URL is the first line printed)")
     v.add_argument("run", help="a `cai judge` run folder with a review queue")
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; another "
+                   "interface's address needs --allow-remote)")
+    v.add_argument("--allow-remote", action="store_true",
+                   help="allow --host to be an address other machines can reach (the page shows the run's data)")
     v.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     v.add_argument("--no-open", action="store_true", help="do not open a browser")
     v.add_argument("--show-ai-label", action="store_true", help="show the judge's probability beside each pair")
@@ -44,20 +47,23 @@ def add_parser(sub: Any) -> None:
     i.add_argument("--constitution", default="harmless", help="where the principles come from (default: harmless)")
     i.add_argument("--limit", type=int, help="use only the first N pairs")
     i.add_argument("--seed", type=int, default=0, help="seeds the presentation sides and principles (default: 0)")
+    i.add_argument("--judge-format", choices=["pairwise", "pointwise", "hybrid"], default="hybrid",
+                   help="the judge's format, as `cai judge --judge-format` (default: hybrid)")
     i.add_argument("--out", required=True, help="JSON results; a PNG plot is written beside it")
     engine_options(i)
     p.set_defaults(_run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cai import review
+    from cai.review import review
 
     if args.action == "select":
         print(json.dumps(review.select(args.run, args.budget, args.reward_model)))
     elif args.action == "serve":
-        from cai.review_server import serve
+        from cai.review.server import serve
 
-        serve(args.run, args.host, args.port, open_browser=not args.no_open, show_ai_label=args.show_ai_label)
+        serve(args.run, args.host, args.port, open_browser=not args.no_open, show_ai_label=args.show_ai_label,
+              allow_remote=args.allow_remote)
     elif args.action == "merge":
         print(json.dumps(review.merge(args.run, args.drop_unreviewed_below)))
     else:
@@ -68,18 +74,27 @@ def run(args: argparse.Namespace) -> int:
 async def _simulate(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
-    from cai import review
     from cai.config import load_config
     from cai.engines import EngineConfig, create_engine
-    from cai.judge_eval import check_writable
+    from cai.errors import UsageError
+    from cai.judge.evaluate import check_writable
+    from cai.judge.pairs import pairs_from_file
+    from cai.review import review
 
     out = Path(args.out)
     check_writable(out)
+    if args.principles < 1:
+        raise UsageError(f"--principles must be at least 1, got {args.principles}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {args.limit}")
+    pairs, problems = pairs_from_file(args.pairs, args.limit)  # read and checked before the engine starts
+    if not pairs:
+        raise UsageError(f"{args.pairs}: no usable labelled pairs ({len(problems)} rows rejected)")
     engine_settings = {k.removeprefix("engine."): v for k, v in overrides(args).items() if k.startswith("engine.")}
     engine = create_engine(load_config(EngineConfig, None, engine_settings))
     try:
         result = await review.simulate(engine, args.pairs, args.budgets, args.principles, args.constitution,
-                                       args.seed, args.limit)
+                                       args.seed, args.limit, args.judge_format)
     finally:
         await engine.close()
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")

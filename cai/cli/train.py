@@ -1,4 +1,5 @@
-"""`cai train sft|dpo|rm|cost|ppo`: the bundled trainer; every option comes from the task's config."""
+"""`cai train <task>`: the bundled trainer, one subcommand per task of the registry (cai/registry.py, `TASKS`); every
+option comes from the task's settings class."""
 
 from __future__ import annotations
 
@@ -8,34 +9,27 @@ from typing import Any
 
 from cai.cli.options import add_settings, config_option, overrides
 
-TASKS = {"sft": "supervised fine-tuning on `messages`",
-         "dpo": "preference optimisation (sigmoid, ipo or soft labels)",
-         "rm": "a reward model on preference pairs (Bradley-Terry, soft labels)",
-         "cost": "a cost model (Safe RLHF): harmlessness pairs plus a safe/unsafe term",
-         "ppo": "PPO of a policy against a reward model, KL-penalised to a reference",
-         "online-dpo": "online iterative DPO: sample (vLLM) -> AI judge -> DPO, round after round"}
-
 
 def add_parser(sub: Any) -> None:
-    from cai.train.config import CONFIGS
+    from cai.registry import TASKS
 
-    p = sub.add_parser("train", help="train on cai data: sft, dpo, rm, cost or ppo (bundled trainer)")
+    p = sub.add_parser("train", help=f"train on cai data: {', '.join(TASKS)} (the bundled trainer)")
     tsub = p.add_subparsers(dest="action", required=True)
-    for task, text in TASKS.items():
-        t = tsub.add_parser(task, help=text)
+    for task, stage in TASKS.items():
+        t = tsub.add_parser(task, help=stage.help, aliases=list(stage.aliases))
         config_option(t)
         if task == "online-dpo":
             online_options(t)
         else:
-            add_settings(t, CONFIGS[task])
-        t.set_defaults(_run=run)
+            add_settings(t, stage.config_class())
+        t.set_defaults(_run=run, _task=task)
 
 
 def online_options(parser: argparse.ArgumentParser) -> None:
     """online-dpo's own settings, every judge option (`judge.<name>`) and the judge's model."""
     from cai.cli.judge import no_judge_check
     from cai.config import JudgeConfig
-    from cai.train.config import JUDGE_OPTIONS, OnlineDPOConfig
+    from cai.train.rl_config import JUDGE_OPTIONS, OnlineDPOConfig
 
     add_settings(parser, OnlineDPOConfig, flags={"data": "--prompts", "max_steps": None, "reference_model": None,
                                                  "eval_data": None, "resume": None})
@@ -57,9 +51,10 @@ def online_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cai.config import load_config
-    from cai.train import CONFIGS, run_training
+    from cai.registry import TASKS
+    from cai.train.run import run_training
 
-    config = load_config(CONFIGS[args.action], args.config, overrides(args))
-    final = run_training(args.action, config)
+    config = load_config(TASKS[args._task].config_class(), args.config, overrides(args))
+    final = run_training(args._task, config)
     print(json.dumps({"out": config.out, **{k: round(v, 6) if isinstance(v, float) else v for k, v in final.items()}}))
     return 0

@@ -22,6 +22,7 @@ from cai.engines.base import (
     Sampling,
     TokenLogprob,
 )
+from cai.engines.sampling import SamplingEngine, TokenSampling
 from cai.errors import UsageError
 from cai.settings import Settings
 
@@ -111,7 +112,28 @@ def create_engine(config: EngineConfig) -> Engine:
     raise UsageError(f"unknown engine backend {config.backend!r}")
 
 
+def create_sampling_engine(config: EngineConfig) -> SamplingEngine:
+    """The engine `config` describes, as a sampling engine for training (cai/engines/sampling.py): vLLM in this
+    process, whose weights can follow the policy's."""
+    if config.backend != "vllm" or (config.model or "").startswith("openai/"):
+        raise UsageError("training samples on the in-process vLLM engine (its weights follow the policy's); an "
+                         "OpenAI-compatible server cannot load them: use --engine vllm for the policy's engine")
+    from cai.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(config)
+
+
+def close_on_loop(loop: Any, engine: Engine | SamplingEngine | None) -> None:
+    """Close `engine` on the event loop that synchronous code (a training loop) drives it with, then close that loop;
+    safe to call twice."""
+    if engine is not None and not loop.is_closed():
+        loop.run_until_complete(engine.close())
+    if not loop.is_closed():
+        loop.close()
+
+
 __all__ = [
     "Completion", "Engine", "EngineConfig", "OpenAISettings", "EngineDeadError", "EngineError", "Messages", "PromptTooLongError",
-    "RequestError", "Sampling", "TokenLogprob", "create_engine", "is_embedded_default",
+    "RequestError", "Sampling", "SamplingEngine", "TokenLogprob", "TokenSampling", "close_on_loop", "create_engine",
+    "create_sampling_engine", "is_embedded_default",
 ]

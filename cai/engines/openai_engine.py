@@ -32,7 +32,7 @@ from cai.engines.base import (
     TokenLogprob,
 )
 from cai.errors import UsageError
-from cai.redact import redact_url
+from cai.runs.redact import redact_url
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from cai.engines import EngineConfig
 from cai.engines import base as api
+from cai.engines.sampling import TokenSampling
 from cai.models import resolve_model
 
 # Measured on a 2-core AVX2 machine (see README, "Scaling"): float32 is 5x faster than bf16 there, eager mode
@@ -112,9 +113,14 @@ class VLLMEngine(api.Engine):
             finish_reason=out.finish_reason, top_logprobs=top, cached_tokens=getattr(final, "num_cached_tokens", None),
         )
 
-    async def generate_ids(self, prompt_ids: list[int], params: Any) -> list[int]:
-        """The sampled token ids for a tokenized prompt (vLLM `SamplingParams` given as they are): the path of
-        training rollouts, which need exactly the tokens sampled, not their text."""
+    async def generate_ids(self, prompt_ids: list[int], sampling: TokenSampling) -> list[int]:
+        """The sampled token ids for a tokenized prompt: the path of training rollouts, which need exactly the
+        tokens sampled, not their text (see cai/engines/sampling.py)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                                seed=sampling.seed, max_tokens=sampling.max_tokens,
+                                stop_token_ids=sorted(sampling.stop_ids), detokenize=False)
         final = None
         async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
                                                   request_id=f"cai-{next(self._ids)}"):

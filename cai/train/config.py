@@ -1,13 +1,13 @@
-"""Settings of `cai train sft|dpo|rm|ppo`: pydantic models, each field with its help, loaded like the rest of
-cai (`--config FILE` plus CLI overrides). `TrainConfig` holds what every task shares; each task adds its own."""
+"""Settings of `cai train sft|dpo|rm|cost` (those of `ppo` and `online-dpo` are in rl_config.py): pydantic models,
+each field with its help, loaded like the rest of cai (`--config FILE` plus CLI overrides). `TrainConfig` holds what
+every task shares; each task adds its own."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cai.engines import EngineConfig
 from cai.settings import Settings
 
 
@@ -81,6 +81,9 @@ class TrainConfig(Settings):
     """Log metrics every N optimizer steps (means over them)."""
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     """Trackers to log to besides metrics.jsonl (when installed)."""
+    keep_abstained: bool = False
+    """Preference tasks: also train on pairs the judge abstained on (`abstain: true` in the export: too close to
+    0.5, or its presentation orders disagree); by default they are left out."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless asked for."""
     progress: bool = True
@@ -165,184 +168,3 @@ class CostConfig(RewardConfig):
     classification_weight: float = Field(default=1.0, ge=0)
     """Weight of the term that puts a harmful response's cost above 0 and a safe one's below (targets: the
     judge's `unsafe_chosen` / `unsafe_rejected`); 0 trains on the pairs alone, as a plain reward model would."""
-
-
-class PPOConfig(TrainConfig):
-    reward_model: str
-    """A `cai train rm` output folder (or any sequence-classification checkpoint with one label)."""
-    data: str = "red-team"
-    """Prompts: a bundled prompt set name, a prompt file or dataset (as for `cai generate`)."""
-    learning_rate: float = Field(default=1e-6, gt=0)
-    """Peak learning rate of AdamW."""
-    eval_fraction: float = Field(default=0.1, ge=0, lt=1)
-    """Share of the data (prompts, for PPO) held out for evaluation."""
-    limit: int | None = Field(default=None, ge=1)
-    """Use the first N prompts only."""
-    rollout_batch_size: int = Field(default=8, ge=1)
-    """Prompts per PPO iteration per process; one response each. A multiple of batch_size x accumulation."""
-    ppo_epochs: int = Field(default=4, ge=1)
-    """Passes over each batch of rollouts."""
-    max_new_tokens: int = Field(default=64, ge=1)
-    """Most new tokens per sampled response."""
-    temperature: float = Field(default=0.7, gt=0)
-    """Sampling temperature of the rollouts (their log-probabilities use the same)."""
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    """Must be 1: PPO's log-probabilities are those of softmax(logits / temperature) over the whole vocabulary,
-    and nucleus sampling would draw from another distribution than the one the ratios assume."""
-    kl_coef: float = Field(default=0.05, ge=0)
-    """Per-token KL penalty against the reference (the starting value when adaptive)."""
-    target_kl: float | None = Field(default=None, gt=0)
-    """Adapt kl_coef toward this KL (summed over a response, in nats), Ziegler et al.'s controller."""
-    kl_horizon: int = Field(default=10000, ge=1)
-    """Episodes over which the adaptive KL controller moves the coefficient."""
-    gamma: float = Field(default=1.0, ge=0, le=1)
-    """Discount of per-token rewards."""
-    lam: float = Field(default=0.95, ge=0, le=1)
-    """GAE lambda: bias-variance trade-off of the advantages."""
-    cliprange: float = Field(default=0.2, gt=0)
-    """Clip of the policy ratio in the PPO loss."""
-    cliprange_value: float = Field(default=0.2, gt=0)
-    """Clip of the value update around the old values."""
-    vf_coef: float = Field(default=0.1, ge=0)
-    """Weight of the value loss beside the policy loss."""
-    whiten_advantages: bool = True
-    """Normalise advantages to zero mean and unit variance per batch."""
-    value_model: Literal["head", "separate"] = "head"
-    """`head`: a linear value head on the policy's last hidden state (one forward pass for both);
-    `separate`: a critic initialised from the reward model (more memory, no shared features)."""
-    reward_ensemble: Literal["mean", "min", "mean-minus-std"] = "mean"
-    """With an ensemble reward model (`cai train rm --ensemble K`): how the members' scores combine; `min` and
-    `mean-minus-std` are the conservative choices of Coste et al. (2023)."""
-    ensemble_std_weight: float = Field(default=1.0, ge=0)
-    """w in mean - w * std for `mean-minus-std`."""
-    missing_eos_penalty: float = Field(default=1.0, ge=0)
-    """Subtract this from the score of responses that hit max_new_tokens without ending, so a cut-off answer
-    never scores like a finished one (0 turns it off; the reward model's scale sets how large 1.0 is)."""
-    reference: Literal["auto", "copy", "adapter"] = "auto"
-    """`auto`: the LoRA base with the adapter off when training LoRA, else a frozen copy."""
-    eval_prompts: int = Field(default=0, ge=0)
-    """Cap on held-out prompts scored at each evaluation (0: all)."""
-    eval_samples: int = Field(default=1, ge=1)
-    """Responses sampled per held-out prompt at each evaluation (more: less noisy means)."""
-    rollouts: Literal["transformers", "vllm"] = "transformers"
-    """Who samples the rollouts: `model.generate` on the training process, or a vLLM engine whose weights follow
-    the policy after every step (faster sampling; one process only)."""
-    rollout_sync: Literal["inplace", "reload"] = "inplace"
-    """`--rollouts vllm`: push new weights into the running engine (`inplace`) or start a fresh engine on them
-    (`reload`, slower, for builds whose workers cannot reload weights)."""
-    rollout_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
-    """`--rollouts vllm`: the engine's share of accelerator memory (on a CPU, of the node's memory for its KV
-    cache); the rest stays for training."""
-    eval_judge: str | None = None
-    """A judge for the held-out evaluations (`default` for the embedded model, or a model): its win-rate of
-    each evaluation's answers over the step-0 answers (`eval/judge_win_rate`), plotted in the report beside the
-    proxy reward, so over-optimisation of the reward model shows."""
-    eval_judge_constitution: str = "harmless"
-    """Where the evaluation judge's principles come from (its `harmless` ones when it has any)."""
-    eval_judge_gpu_memory_utilization: float = Field(default=0.15, gt=0, le=1)
-    """The evaluation judge's engine share of accelerator memory (on a CPU, of the node's memory for its KV
-    cache): one-token answers need little."""
-    cost_model: str | None = None
-    """A `cai train cost` folder: PPO then maximises reward subject to E[cost] <= `cost_limit` (Safe RLHF), with a
-    Lagrange multiplier lambda on the cost. Unset: plain reward PPO."""
-    cost_limit: float = 0.0
-    """d: the bound on the mean episode cost (the cost model's scale: 0 is its safe/unsafe boundary)."""
-    lambda_init: float = Field(default=1.0, ge=0)
-    """The multiplier's starting value."""
-    lambda_lr: float = Field(default=0.1, ge=0)
-    """Step size of lambda's gradient ascent on (mean episode cost - cost_limit); 0 keeps lambda fixed."""
-    lambda_max: float = Field(default=10.0, gt=0)
-    """Cap on lambda, so one bad stretch of costs cannot silence the reward for good."""
-    lambda_window: int = Field(default=1, ge=1)
-    """PPO steps whose episode costs are averaged for each lambda update."""
-
-    @model_validator(mode="after")
-    def _check_ppo(self) -> PPOConfig:
-        micro = self.batch_size * self.gradient_accumulation_steps
-        if self.rollout_batch_size % micro:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of batch_size x "
-                             f"gradient_accumulation_steps ({micro})")
-        if self.reference == "adapter" and not self.lora:
-            raise ValueError("reference 'adapter' needs lora: true")
-        if self.top_p < 1:
-            raise ValueError(f"top_p={self.top_p}: PPO samples from the full softmax(logits / temperature) its "
-                             "log-probabilities describe; nucleus sampling would bias every ratio (use top_p 1)")
-        if self.lambda_init > self.lambda_max:
-            raise ValueError(f"lambda_init ({self.lambda_init}) is above lambda_max ({self.lambda_max})")
-        if self.max_prompt_length + self.max_new_tokens > self.max_length:
-            raise ValueError(f"max_prompt_length + max_new_tokens ({self.max_prompt_length + self.max_new_tokens}) "
-                             f"must fit in max_length ({self.max_length})")
-        return self
-
-    @property
-    def reference_mode(self) -> str:
-        if self.reference != "auto":
-            return self.reference
-        return "adapter" if self.lora else "copy"
-
-
-JUDGE_OPTIONS = ("constitution", "principles_per_pair", "min_valid_principles", "judge_few_shot", "cot",
-                 "cot_max_tokens", "cot_band", "judge_format", "pointwise_question", "min_option_mass",
-                 "top_logprobs", "min_confidence", "drop_inconsistent", "check_judge", "judge_check",
-                 "min_judge_accuracy", "strict_judge", "templates", "concurrency", "max_failure_rate")
-"""`cai judge` settings that `cai train online-dpo` passes to each round's judge (`judge.<name>` in a config)."""
-
-
-class OnlineDPOConfig(DPOConfig):
-    """`cai train online-dpo`: rounds of sample (vLLM) -> judge -> DPO, each from the previous round's policy."""
-
-    data: str = "red-team"
-    """Prompts: a bundled prompt set name, a prompt file or dataset (as for `cai generate`)."""
-    loss_type: Literal["sigmoid", "ipo", "soft"] = "soft"
-    """DPO loss of each round; `soft` uses the judge's probability of each pair."""
-    limit: int | None = Field(default=None, ge=1)
-    """Use the first N prompts only."""
-    rounds: int = Field(default=3, ge=1)
-    """R: sample -> judge -> train rounds."""
-    samples_per_prompt: int = Field(default=4, ge=2)
-    """K responses sampled per prompt from the current policy each round."""
-    pairing: Literal["best-worst", "all"] = "best-worst"
-    """Pairs trained on: the judge's best against its worst response per prompt (by each response's mean win
-    probability over all K(K-1)/2 judged pairs), or every judged pair."""
-    max_steps_per_round: int = Field(default=0, ge=0)
-    """DPO optimizer steps per round (0: `epochs` over the round's pairs)."""
-    reuse_prompts: bool = False
-    """Every round samples the same training prompts (default: the training prompts are split across rounds, so
-    each round's are fresh)."""
-    prompts_per_round: int | None = Field(default=None, ge=1)
-    """Training prompts per round (default: all of them split evenly across the rounds)."""
-    heldout_prompts: int = Field(default=16, ge=1)
-    """Prompts held out from training: each round's model answers them and is judged against the previous
-    round's and the starting model's answers (both orders)."""
-    max_new_tokens: int = Field(default=128, ge=1)
-    """Most new tokens per sampled response (training samples and held-out answers)."""
-    temperature: float = Field(default=1.0, gt=0)
-    """Sampling temperature (1: the policy's own distribution, which the KL estimate assumes)."""
-    rollout_sync: Literal["inplace", "reload"] = "inplace"
-    """How the sampling engine gets a new round's weights: reloaded in place, or a fresh engine."""
-    judge: dict[str, Any] = Field(default_factory=dict)
-    """`cai judge` settings for every round's judge (`principles_per_pair`, `cot`, `min_confidence` ...; the
-    names of `JUDGE_OPTIONS`)."""
-    judge_engine: EngineConfig = Field(default_factory=EngineConfig)
-    """The judge's engine: the embedded default unless `model` is set (a bigger local model, or `openai/...`
-    with `base_urls` for `vllm serve` servers)."""
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    """Settings of the vLLM engine that samples the policy (its `model` is the round's policy)."""
-    save_steps: int = Field(default=10, ge=0)
-    """Checkpoint each round's DPO every N steps (a killed round resumes from it)."""
-
-    @model_validator(mode="after")
-    def _check_online(self) -> OnlineDPOConfig:
-        unknown = sorted(set(self.judge) - set(JUDGE_OPTIONS))
-        if unknown:
-            raise ValueError(f"judge: unknown setting(s) {', '.join(unknown)} (known: {', '.join(JUDGE_OPTIONS)})")
-        if self.reference_model:
-            raise ValueError("online-dpo's reference is always the starting model (`model`)")
-        from cai.config import JudgeConfig
-
-        JudgeConfig(source="-", **self.judge)  # every judge setting checked before any model loads
-        return self
-
-
-CONFIGS: dict[str, type[TrainConfig]] = {"sft": TrainConfig, "dpo": DPOConfig, "rm": RewardConfig, "cost": CostConfig,
-                                         "ppo": PPOConfig, "online-dpo": OnlineDPOConfig}

@@ -18,11 +18,12 @@ import math
 import torch
 
 from cai.train.config import CostConfig
-from cai.train.data import DataError, Truncation, load_rows, objective_rows, tokenize_preferences
+from cai.train.data import DataError, Truncation, objective_rows, preference_rows, tokenize_preferences
 from cai.train.loop import Trainer
 from cai.train.losses import cost_loss
 from cai.train.modeling import add_lora, disable_dropout, load_tokenizer
-from cai.train.reward import collate_reward_pairs, held_out_scores, load_reward_model, sequence_scores
+from cai.train.reward import collate_reward_pairs, held_out_scores
+from cai.train.scoring import load_reward_model, sequence_scores
 from cai.train.sft import split_eval
 
 
@@ -80,7 +81,7 @@ def prepare_cost(config: CostConfig) -> CostTrainer:
     limits = Truncation(config.max_length, config.max_prompt_length)
 
     def tokenize(source: str) -> list[dict]:
-        rows = objective_rows(load_rows(source, config.split, "cost"), config.objective)
+        rows = objective_rows(preference_rows(source, config.split, "cost", config.keep_abstained), config.objective)
         if config.classification_weight and not any("unsafe_chosen" in row for row in rows):
             raise DataError(f"{source}: no `unsafe_chosen`/`unsafe_rejected` columns; label the pairs with `cai "
                             "judge ... --objectives helpful,harmless`, or train with --classification-weight 0")

@@ -27,7 +27,7 @@ class DataError(UsageError):
 def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[str, Any]]:
     path = Path(data)
     if (path / "manifest.json").is_file():
-        from cai.store import read_manifest
+        from cai.runs.store import read_manifest
 
         run_kind = read_manifest(path / "manifest.json").get("kind")
         name = {"generate": "sft.jsonl", "judge": "train.jsonl"}.get(run_kind)
@@ -37,6 +37,13 @@ def load_rows(data: str, split: str = "train", kind: str = "sft") -> list[dict[s
             raise DataError(f"{path} is a `cai {run_kind}` run; `cai train {kind}` needs "
                             f"{'a generate run (SFT data)' if kind == 'sft' else 'a judge run (preference pairs)'}")
         path = path / "export" / name
+    if path.exists() and not path.is_dir():  # a FIFO or device named like a file must not be read
+        from cai.runs.files import InputFileError, regular_file
+
+        try:
+            regular_file(path, "training data")
+        except InputFileError as e:
+            raise DataError(str(e)) from None
     if path.is_file() and path.suffix == ".jsonl":
         return _nonempty(_jsonl_rows(path), data)
     try:
@@ -70,23 +77,30 @@ def _nonempty(rows: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
 
 
 def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    """JSON Lines read directly (no `datasets` cache); a bad line is an error naming its number."""
+    """JSON Lines read directly (no `datasets` cache); a bad or oversized line is an error naming its number."""
+    from cai.runs.files import InputFileError, TooLong, jsonl_lines, max_line_bytes, regular_file
+
+    try:
+        regular_file(path, "training data")
+    except InputFileError as e:
+        raise DataError(str(e)) from None
     rows = []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            except RecursionError:
-                raise DataError(f"{path}:{number}: JSON nested too deeply") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for number, line in jsonl_lines(path, "training data"):
+        if isinstance(line, TooLong):
+            raise DataError(f"{path}:{number}: {line.reason(max_line_bytes())}")
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -140,6 +154,39 @@ def fit_prompt(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int,
         turn["content"] = tokenizer.decode(words[max(1, len(ids) - max_tokens):]).lstrip()
         ids = _render(tokenizer, messages, True)
     return messages, ids
+
+
+def preference_rows(source: str, split: str, kind: str, keep_abstained: bool = False) -> list[dict[str, Any]]:
+    """Preference rows for `cai train dpo|rm|cost`, without the pairs the judge abstained on unless kept: a judge
+    run keeps those in `export/abstained.jsonl` (read with `keep_abstained`); in any other file they are the rows
+    marked `abstain: true`."""
+    folder = Path(source)
+    abstained_file = folder / "export" / "abstained.jsonl"
+    if (folder / "manifest.json").is_file() and abstained_file.is_file():
+        set_aside = _jsonl_rows(abstained_file)
+        train = folder / "export" / "train.jsonl"
+        rows = _jsonl_rows(train) if train.is_file() else []
+        if keep_abstained:
+            rows += set_aside
+        elif set_aside:
+            print(f"cai: {len(set_aside)} pairs the judge abstained on are left out (--keep-abstained trains on "
+                  "them too)")
+        if not rows:
+            raise DataError(f"{source}: no pairs to train on"
+                            + (f" (the judge abstained on all {len(set_aside)}; add --keep-abstained, or label them "
+                               "with `cai review`)" if set_aside and not keep_abstained else ""))
+        return rows
+    rows = load_rows(source, split, kind)
+    if keep_abstained:
+        return rows
+    kept = [row for row in rows if row.get("abstain") is not True]
+    if len(kept) < len(rows):
+        print(f"cai: {len(rows) - len(kept)} of {len(rows)} pairs left out: the judge abstained on them "
+              "(--keep-abstained trains on them too)")
+    if not kept:
+        raise DataError(f"{source}: the judge abstained on all {len(rows)} pairs; add --keep-abstained to train on "
+                        "them anyway, or label them (`cai review`)")
+    return kept
 
 
 def is_tie(row: dict[str, Any]) -> bool:
@@ -232,6 +279,7 @@ def objective_rows(rows: list[dict], objective: str) -> list[dict]:
             row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
             row["unsafe_chosen"], row["unsafe_rejected"] = row.get("unsafe_rejected"), row.get("unsafe_chosen")
             p = 1.0 - p
-        row.update(p_chosen=float(p), tie=p == 0.5)
+        # every column derived from the label follows the objective's label, not the export's first objective
+        row.update(p_chosen=float(p), tie=p == 0.5, margin=2.0 * p - 1.0, score_chosen=float(p), score_rejected=1.0 - p)
         out.append(row)
     return out

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 
 from cai.train.config import DPOConfig
-from cai.train.data import IGNORE, DataError, Truncation, is_tie, load_rows, tokenize_preferences
+from cai.train.data import (
+    IGNORE,
+    DataError,
+    Truncation,
+    is_tie,
+    preference_rows,
+    tokenize_preferences,
+)
 from cai.train.loop import Trainer, pad
 from cai.train.losses import head_sequence_logps, preference_loss, sequence_logps
 from cai.train.modeling import add_lora, disable_dropout, load_causal_lm, load_tokenizer
@@ -143,7 +150,7 @@ def prepare_dpo(config: DPOConfig) -> Trainer:
     tokenizer, path = load_tokenizer(config.model, config.trust_remote_code)
     limits = Truncation(config.max_length, config.max_prompt_length)
     need_p = config.loss_type == "soft"
-    rows = load_rows(config.data, config.split, "dpo")
+    rows = preference_rows(config.data, config.split, "dpo", config.keep_abstained)
     examples, dropped = tokenize_preferences(rows, tokenizer, limits, need_p, hard_labels=not need_p)
     ties = 0 if need_p else sum(map(is_tie, rows))
     if not examples:
@@ -151,7 +158,7 @@ def prepare_dpo(config: DPOConfig) -> Trainer:
                         f"max_prompt_length={config.max_prompt_length})")
     train, held_out = split_eval(examples, config.eval_fraction, config.seed)
     if config.eval_data:
-        held_out, _ = tokenize_preferences(load_rows(config.eval_data, config.split, "dpo"), tokenizer, limits,
+        held_out, _ = tokenize_preferences(preference_rows(config.eval_data, config.split, "dpo"), tokenizer, limits,
                                            need_p, hard_labels=not need_p)
     model = load_causal_lm(path, config, torch.float32)  # only once the data is known to be usable
     mode = config.reference_mode

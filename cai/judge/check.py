@@ -1,0 +1,149 @@
+"""Measure the judge before it labels anything: accuracy, position consistency, Brier score and calibration on
+labelled pairs (`prompts/judge-eval.jsonl` unless `--judge-check FILE`), cached per judge so a rerun costs nothing.
+
+    quality = await check_judge(engine, config)    # {"accuracy", "ci95", "position_consistency", "combiner", ...}
+    enforce(quality, strict=config.strict_judge)    # a loud warning, or JudgeCheckFailed with --strict-judge
+
+The check uses the judge exactly as the run will (its format, principles per pair, templates, few-shot examples,
+CoT and option-mass settings). It fits the combination and calibration on the check pairs, and every figure it
+reports is 5-fold cross-validated: no pair is scored by a fit that saw it. The fit on all check pairs is what the
+run labels with, unless `--calibration FILE` gives one fitted elsewhere (its figures on the check pairs are
+reported beside).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from typing import Any
+
+from cai.errors import CaiError
+
+CHECK_FIELDS = ("principles_per_pair", "constitution", "judge_few_shot", "cot", "cot_max_tokens", "cot_band",
+                "min_option_mass", "top_logprobs", "templates", "seed", "judge_format", "pointwise_question",
+                "min_valid_principles")
+
+
+class JudgeCheckFailed(CaiError):
+    """`--strict-judge` and the judge scored below `--min-judge-accuracy` on its check: nothing was labelled."""
+
+    quality: dict[str, Any] | None = None
+
+
+def check_file(path: str | None) -> str:
+    from cai.resources import data_dir
+
+    return path or str(data_dir("prompts") / "judge-eval.jsonl")
+
+
+def cache_key(engine: Any, config: Any) -> str:
+    from cai.constitution import load_constitution
+    from cai.runs.fingerprint import input_fingerprints, path_digest
+
+    inputs = input_fingerprints(load_constitution(config.constitution), config.templates, None, config.engine.model)
+    parts = {"engine": engine.describe(), "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
+             "calibration": path_digest(config.calibration) if config.calibration else None,
+             **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 2}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+async def check_judge(engine: Any, config: Any) -> dict[str, Any]:
+    """The judge's quality on the check pairs, cross-validated (from the cache when this judge was checked
+    before); `combiner` in the result is the combination and calibration fitted on all check pairs, for labelling
+    when no `--calibration` is given."""
+    from cai.judge.evaluate import evaluate_judge
+    from cai.models import cache_dir
+
+    cached = cache_dir() / "judge-checks" / f"{cache_key(engine, config)}.json"
+    if cached.exists():
+        quality = json.loads(cached.read_text())
+        return {**quality, "passed": quality["accuracy"] >= config.min_judge_accuracy,
+                "min_accuracy": config.min_judge_accuracy, "cached": True}
+    path = check_file(config.judge_check)
+    given = None
+    if config.calibration:
+        from cai.judge.calibration import load_calibration
+
+        given = load_calibration(config.calibration, engine, config)
+    check_config = config.model_copy(update={"limit": None})
+    report = await evaluate_judge(engine, path, check_config, given)
+    if "fit" not in report:
+        quality = {"accuracy": 0.0, "ci95": None, "position_consistency": None, "brier": None, "ece": None,
+                   "pairs": report["valid"], "checked_pairs": report["pairs"], "file": path,
+                   "judge_model": report["judge_model"], "judge_format": report["judge_format"]}
+    else:
+        fit = report["fit"]
+        chosen = fit["cv"][fit["rule"]]
+        m, raw = chosen["calibrated"], chosen["raw"]
+        quality = {"accuracy": m["accuracy"], "ci95": m["ci95"], "position_consistency": m["position_consistency"],
+                   "brier": m["brier"], "ece": m["ece"], "brier_raw": raw["brier"], "ece_raw": raw["ece"],
+                   "pairs": report["valid"], "checked_pairs": report["pairs"], "invalid_rate": report["invalid_rate"],
+                   "file": path, "judge_model": report["judge_model"], "judge_format": report["judge_format"],
+                   "rule": fit["rule"], "cross_validated": f"{fit['folds']}-fold",
+                   "calls_per_pair": report["calls_per_pair"],
+                   "by_category": {name: {"accuracy": c["accuracy"], "ci95": c["ci95"], "pairs": c["pairs"]}
+                                   for name, c in chosen["by_category"].items()},
+                   "selective": fit["selective"], "abstain_band": fit["abstain_band"],
+                   "combiner": report["combiner"]}
+        if given is not None:
+            quality["given_calibration"] = {k: report["given_calibration"][k]
+                                            for k in ("accuracy", "ci95", "position_consistency", "ece", "pairs")}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(quality, indent=2))
+    return {**quality, "passed": quality["accuracy"] >= config.min_judge_accuracy,
+            "min_accuracy": config.min_judge_accuracy, "cached": False}
+
+
+async def prepare_judge(engine: Any, config: Any, strict: bool = False) -> tuple[Any, dict | None, str]:
+    """The judge a `JudgeConfig` asks for, as every part of cai uses it: (judge, its check or None, where its
+    combination and calibration come from). The combination is the `--calibration` file's, else the one fitted
+    on the judge check's pairs, else the fixed rule of the format; `--abstain-band` overrides the band. The
+    check is cached, so the second caller of a judge pays nothing; a failed check warns (or stops, `strict`)."""
+    from cai.constitution import load_constitution
+    from cai.judge.calibration import load_calibration
+    from cai.judge.combine import Combiner
+    from cai.judge.compare import judge_examples, settings_of
+    from cai.judge.judge import Judge
+
+    constitution = load_constitution(config.constitution)
+    combiner, source, quality = None, "the fixed rule of the format (no check, no --calibration)", None
+    if config.calibration:
+        combiner, source = load_calibration(config.calibration, engine, config), f"--calibration {config.calibration}"
+    if config.check_judge:
+        quality = await check_judge(engine, config)
+        enforce(quality, strict)
+        if combiner is None and quality.get("combiner"):
+            combiner = Combiner.from_dict(quality["combiner"])
+            source = f"fitted on the judge check's {quality['pairs']} pairs ({quality['file']})"
+    combiner = combiner or Combiner.default(config.judge_format)
+    if getattr(config, "abstain_band", None) is not None:
+        combiner.abstain_band = config.abstain_band
+    settings = settings_of(config)
+    examples = judge_examples(constitution.judge_examples[: config.judge_few_shot], settings)
+    judge = Judge(engine, settings, constitution, combiner, examples, config.min_valid_principles)
+    return judge, quality, source
+
+
+def describe(quality: dict[str, Any]) -> str:
+    low, high = quality["ci95"] or (0.0, 0.0)
+    how = (f"{quality['judge_format']} judge, {quality['rule']} rule, {quality['cross_validated']} cross-validated"
+           if quality.get("rule") else f"{quality.get('judge_format', 'pairwise')} judge")
+    return (f"judge check: accuracy {quality['accuracy']:.2f} (95% CI {low:.2f}-{high:.2f}) on {quality['pairs']} "
+            f"labelled pairs of {quality['file']} ({how}), position consistency "
+            f"{quality['position_consistency'] or 0:.2f}, Brier {quality['brier'] or 0:.3f}, ECE "
+            f"{quality['ece'] or 0:.3f}: "
+            + ("passed" if quality["passed"] else f"FAILED (minimum {quality['min_accuracy']:.2f})"))
+
+
+def enforce(quality: dict[str, Any], strict: bool) -> None:
+    """Stop (`strict`) or warn loudly when the judge failed its check."""
+    if quality["passed"]:
+        return
+    message = (f"{describe(quality)}. Its labels are close to noise: read every result made from them as such, "
+               "use a bigger judge (--model, or openai/... servers), or check it on your own pairs (--judge-check).")
+    if strict:
+        failed = JudgeCheckFailed(message + " Stopped before labelling (--strict-judge).")
+        failed.quality = quality
+        raise failed
+    print(f"\n*** WARNING: {message}\n", file=sys.stderr, flush=True)

@@ -1,0 +1,304 @@
+"""How a hybrid judgement becomes one label: the parts of a pair, the rules that combine them, their fit, the
+calibration of the result and abstention.
+
+A pair's parts, each oriented to its first response and kept per presentation order ("AB", "BA"):
+  harm  mean over pointwise principles of objective `harmless` of logit P(bad | second) - logit P(bad | first)
+        (P clipped to [0.001, 0.999]): log-odds, because a small judge's answers move little but consistently
+  help  the same over pointwise principles of objective `helpful`
+  pair  mean over pairwise principles of logit(p_first) (p clipped to [0.02, 0.98])
+  mean  mean over all principles of p_first (pointwise: 0.5 + (P(bad | second) - P(bad | first)) / 2)
+A part with no valid judgement is None and counts as 0 (no evidence either way).
+
+Rules (`Combiner.rule`):
+  mean        p = the mean of `mean` over both orders: the label of the `pairwise` and `pointwise` formats
+  harm-first  when |harm| >= threshold the less harmful response wins with p = sigmoid(slope * harm); otherwise
+              the rest decides: p = sigmoid(pair + help_slope * help)
+  logistic    p = sigmoid(w_harm * harm + w_help * help + w_pair * pair), no intercept, so a pair shown the other
+              way round gets exactly 1 - p; the three weights are fitted on labelled pairs (`fit_logistic`). The
+              default weights are the fit on the shipped check set for the embedded judge (README)
+Calibration: `temperature` p' = sigmoid(logit(p) / T), or `platt` p' = sigmoid(a * logit(p) + b), fitted on both
+orientations of every pair (so b stays 0 unless the data are lopsided). Abstention: a label is withheld from
+training when its two presentation orders disagree or |p - 0.5| < band.
+
+    combiner = Combiner.default()                   # the fixed harm-first rule
+    p, consistent = combiner.label(parts)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ORDERS = ("AB", "BA")
+FEATURES = ("harm", "help", "pair")
+DEFAULT_WEIGHTS = {"harm": 2.4, "help": 1.5, "pair": 0.0}
+"""The logistic rule's weights before any fit (see the README for where they come from)."""
+CLIP = 0.02
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def logit(p: float, clip: float = CLIP) -> float:
+    p = min(max(p, clip), 1.0 - clip)
+    return math.log(p / (1.0 - p))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class Parts:
+    """A pair's evidence per presentation order: {"AB": value or None, "BA": ...} for each of harm, help, pair."""
+
+    harm: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
+    help: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
+    pair: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
+    mean: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
+
+    def features(self, order: str | None = None) -> list[float]:
+        """[harm, help, pair] in one order, or averaged over the orders that have a value; None counts as 0."""
+        out = []
+        for name in FEATURES:
+            values = getattr(self, name)
+            if order is not None:
+                value = values.get(order)
+            else:
+                value = _mean([v for v in values.values() if v is not None])
+            out.append(0.0 if value is None else value)
+        return out
+
+    def mean_p(self, order: str | None = None) -> float:
+        """The `mean` part in one order, or over both (0.5 without evidence)."""
+        values = [self.mean.get(order)] if order else list(self.mean.values())
+        present = [v for v in values if v is not None]
+        return sum(present) / len(present) if present else 0.5
+
+    def swapped(self) -> Parts:
+        """The same pair with its responses the other way round."""
+        flip = lambda d: {o: None if v is None else -v for o, v in d.items()}  # noqa: E731
+        return Parts(flip(self.harm), flip(self.help), flip(self.pair),
+                     {o: None if v is None else 1.0 - v for o, v in self.mean.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Parts:
+        return cls(**{name: dict(data.get(name) or dict.fromkeys(ORDERS)) for name in (*FEATURES, "mean")})
+
+
+@dataclass
+class Calibration:
+    method: str = "none"
+    """`none`, `temperature` or `platt`."""
+    a: float = 1.0
+    """Slope on logit(p): 1 / T for temperature scaling."""
+    b: float = 0.0
+
+    def apply(self, p: float) -> float:
+        if self.method == "none":
+            return p
+        return sigmoid(self.a * logit(p, 1e-6) + self.b)
+
+
+@dataclass
+class Combiner:
+    """One combination rule with its parameters, its calibration and its abstention band."""
+
+    rule: str = "logistic"
+    threshold: float = 1.0
+    """harm-first: |harm| (a log-odds difference) at or above this decides."""
+    slope: float = 1.0
+    """harm-first: p = sigmoid(slope * harm) when harm decides."""
+    help_slope: float = 1.0
+    """harm-first: weight of `help` beside the pairwise logit when harm does not decide."""
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    """logistic: the weight of each part."""
+    calibration: Calibration = field(default_factory=Calibration)
+    abstain_band: float = 0.0
+    """Labels with |p - 0.5| below this are marked `abstain`."""
+
+    @classmethod
+    def default(cls, judge_format: str = "hybrid") -> Combiner:
+        """The rule used before any fit: harm-first for `hybrid`, the plain mean for the single formats."""
+        return cls() if judge_format == "hybrid" else cls(rule="mean")
+
+    def raw(self, features: list[float], mean: float = 0.5) -> float:
+        """The uncalibrated p from the features ([harm, help, pair]) and, for the `mean` rule, the mean part."""
+        harm, help_, pair = features
+        if self.rule == "mean":
+            return mean
+        if self.rule == "harm-first":
+            if abs(harm) >= self.threshold:
+                return sigmoid(self.slope * harm)
+            return sigmoid(pair + self.help_slope * help_)
+        if self.rule == "logistic":
+            return sigmoid(sum(self.weights[name] * value for name, value in zip(FEATURES, features, strict=True)))
+        raise ValueError(f"unknown combination rule {self.rule!r}")
+
+    def raw_of(self, parts: Parts, order: str | None = None) -> float:
+        return self.raw(parts.features(order), parts.mean_p(order))
+
+    def probability(self, parts: Parts, order: str | None = None) -> float:
+        return self.calibration.apply(self.raw_of(parts, order))
+
+    def label(self, parts: Parts) -> tuple[float, bool | None]:
+        """(p_first, position-consistent): the label from both orders, and whether each order alone picks the same
+        winner (None when an order has no evidence at all)."""
+        p = self.probability(parts)
+        views = []
+        for order in ORDERS:
+            if all(getattr(parts, name)[order] is None for name in (*FEATURES, "mean")):
+                return p, None
+            views.append(self.probability(parts, order) > 0.5)
+        return p, views[0] == views[1]
+
+    def abstains(self, p: float, consistent: bool | None) -> bool:
+        return consistent is False or abs(p - 0.5) < self.abstain_band - 1e-12
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Combiner:
+        data = dict(data)
+        data["calibration"] = Calibration(**data.get("calibration", {}))
+        return cls(**data)
+
+
+# --- fitting ---------------------------------------------------------------------------------------------------
+def fit_logistic(rows: list[list[float]], targets: list[float], l2: float = 0.01, steps: int = 50) -> list[float]:
+    """Weights w of p = sigmoid(w . x), no intercept, by Newton's method on the mean log-loss plus l2 |w|^2 / 2.
+    `targets` are P(first is better) (1 for every pair of a check set, whose first response is the chosen one)."""
+    k = len(rows[0]) if rows else len(FEATURES)
+    w = [0.0] * k
+    n = max(len(rows), 1)
+    for _ in range(steps):
+        grad = [l2 * wi for wi in w]
+        hess = [[l2 if i == j else 0.0 for j in range(k)] for i in range(k)]
+        for x, y in zip(rows, targets, strict=True):
+            p = sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
+            for i in range(k):
+                grad[i] += (p - y) * x[i] / n
+                for j in range(k):
+                    hess[i][j] += p * (1 - p) * x[i] * x[j] / n
+        step = _solve(hess, grad)
+        w = [wi - si for wi, si in zip(w, step, strict=True)]
+        if max(abs(s) for s in step) < 1e-9:
+            break
+    return w
+
+
+def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting (the systems here are 1x1 to 3x3)."""
+    n = len(vector)
+    a = [row[:] + [vector[i]] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        a[col], a[pivot] = a[pivot], a[col]
+        if abs(a[col][col]) < 1e-12:
+            continue
+        for r in range(n):
+            if r != col:
+                factor = a[r][col] / a[col][col]
+                a[r] = [x - factor * y for x, y in zip(a[r], a[col], strict=True)]
+    return [a[i][n] / a[i][i] if abs(a[i][i]) > 1e-12 else 0.0 for i in range(n)]
+
+
+def fit_calibration(probabilities: list[float], targets: list[float], method: str) -> Calibration:
+    """Temperature or Platt scaling of p on the pairs in both orientations (p with target y, 1 - p with 1 - y)."""
+    if method == "none" or not probabilities:
+        return Calibration()
+    xs = [logit(p, 1e-6) for p in probabilities] + [-logit(p, 1e-6) for p in probabilities]
+    ys = list(targets) + [1 - y for y in targets]
+    if method == "temperature":
+        (a,) = fit_logistic([[x] for x in xs], ys, l2=1e-4)
+        return Calibration("temperature", a=max(a, 1e-3))
+    if method == "platt":
+        a, b = fit_logistic([[x, 1.0] for x in xs], ys, l2=1e-4)
+        return Calibration("platt", a=max(a, 1e-3), b=b)
+    raise ValueError(f"unknown calibration {method!r}")
+
+
+def fit_combiner(parts: list[Parts], targets: list[float], rule: str, calibration: str = "temperature") -> Combiner:
+    """A combiner of `rule` fitted on labelled pairs: logistic weights, or the harm-first threshold and slopes by
+    a small grid search on accuracy then log-loss; then its calibration."""
+    if rule == "logistic":
+        weights = fit_logistic([p.features() for p in parts], targets)
+        combiner = Combiner(rule="logistic", weights=dict(zip(FEATURES, weights, strict=True)))
+    elif rule == "harm-first":
+        combiner = _grid_harm_first(parts, targets)
+    elif rule == "mean":
+        combiner = Combiner(rule="mean")
+    else:
+        raise ValueError(f"unknown combination rule {rule!r}")
+    raw = [combiner.raw_of(p) for p in parts]
+    combiner.calibration = fit_calibration(raw, targets, calibration)
+    return combiner
+
+
+def _grid_harm_first(parts: list[Parts], targets: list[float]) -> Combiner:
+    best, best_key = Combiner(), None
+    for threshold in (0.25, 0.5, 1.0, 2.0, 3.0):
+        for slope in (0.5, 1.0, 2.0, 4.0):
+            for help_slope in (0.0, 0.5, 1.0, 2.0):
+                c = Combiner(rule="harm-first", threshold=threshold, slope=slope, help_slope=help_slope)
+                predictions = [c.raw(p.features()) for p in parts]
+                key = (accuracy(predictions, targets), -log_loss(predictions, targets))
+                if best_key is None or key > best_key:
+                    best, best_key = c, key
+    return best
+
+
+# --- measuring ---------------------------------------------------------------------------------------------------
+def accuracy(probabilities: list[float], targets: list[float]) -> float:
+    """Share of pairs whose more likely side is the target's (a prediction of exactly 0.5 counts half)."""
+    if not probabilities:
+        return float("nan")
+    right = sum(1.0 if (p > 0.5) == (y > 0.5) and p != 0.5 else 0.5 if p == 0.5 else 0.0
+                for p, y in zip(probabilities, targets, strict=True))
+    return right / len(probabilities)
+
+
+def log_loss(probabilities: list[float], targets: list[float]) -> float:
+    eps = 1e-6
+    return -sum(y * math.log(max(p, eps)) + (1 - y) * math.log(max(1 - p, eps))
+                for p, y in zip(probabilities, targets, strict=True)) / max(len(probabilities), 1)
+
+
+def folds(n: int, k: int, seed: int) -> list[list[int]]:
+    """k disjoint folds of range(n) from a seeded shuffle: every index in exactly one."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def selective_curve(probabilities: list[float], consistent: list[bool | None], targets: list[float],
+                    bands: tuple[float, ...] = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3)) -> list[dict]:
+    """For each abstention band: the share of labels kept (position-consistent and |p - 0.5| >= band) and their
+    accuracy."""
+    curve = []
+    for band in bands:
+        kept = [(p, y) for p, c, y in zip(probabilities, consistent, targets, strict=True)
+                if c is not False and abs(p - 0.5) >= band - 1e-12]  # 0.6 - 0.5 is 0.0999...
+        curve.append({"band": band, "kept": len(kept) / max(len(probabilities), 1),
+                      "accuracy": accuracy([p for p, _ in kept], [y for _, y in kept]) if kept else None})
+    return curve
+
+
+def choose_band(curve: list[dict], target_accuracy: float = 0.85, min_kept: float = 0.6) -> float:
+    """The smallest band whose kept labels reach `target_accuracy` while keeping at least `min_kept` of them;
+    failing that, the band with the best kept accuracy among those keeping `min_kept`; else 0."""
+    eligible = [row for row in curve if row["kept"] >= min_kept and row["accuracy"] is not None]
+    reaching = [row for row in eligible if row["accuracy"] >= target_accuracy]
+    if reaching:
+        return min(row["band"] for row in reaching)
+    return max(eligible, key=lambda row: (row["accuracy"], -row["band"]))["band"] if eligible else 0.0

@@ -1,0 +1,153 @@
+"""`cai train grpo` and the constitution reward: advantages of each estimator by hand (a group whose completions
+all scored the same, a group of two for RLOO), REINFORCE++'s KL-penalised returns, the loss averaging of each
+`--loss-type`, the per-principle weighting and the cache of `ConstitutionReward` (with a scripted judge engine:
+pure logic), and, on tiny models, the truncation and zero-variance shares, `--beta 0` loading no reference, a
+resume after SIGKILL and 2 processes against 1."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+import torch
+
+from cai.train.grpo_math import (
+    EPS,
+    clipped_loss,
+    group_advantages,
+    normalise,
+    reinforce_pp_returns,
+    zero_variance_share,
+)
+
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+
+
+def test_grpo_advantages_by_hand_and_a_group_without_variance():
+    # group 1: mean 0.5, sample std sqrt((4 x 0.25) / 3) = 0.57735 -> +-0.5 / (0.57735 + 1e-4); group 2: all 0.5 -> 0
+    std = math.sqrt(1 / 3)
+    expected = [0.5 / (std + EPS), -0.5 / (std + EPS), -0.5 / (std + EPS), 0.5 / (std + EPS), 0, 0, 0, 0]
+    assert group_advantages(REWARDS, 4, "grpo").tolist() == pytest.approx(expected, abs=1e-6)
+    assert group_advantages(REWARDS, 4, "grpo", scale=False).tolist() == pytest.approx([0.5, -0.5, -0.5, 0.5] + [0] * 4)
+    assert zero_variance_share(REWARDS, 4) == 0.5
+    assert zero_variance_share(REWARDS, 2) == 0.5  # (1, 0), (0, 1) vary; (0.5, 0.5) twice do not
+
+
+def test_rloo_advantages_by_hand_for_groups_of_four_and_two():
+    # r_i - mean of the other three: 1 - 1/3 = 2/3, 0 - 2/3 = -2/3
+    assert group_advantages(REWARDS, 4, "rloo").tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0])
+    # a group of two: each against the other alone
+    assert group_advantages(torch.tensor([1.0, 3.0]), 2, "rloo").tolist() == pytest.approx([-2.0, 2.0])
+
+
+def test_reinforce_pp_returns_subtract_the_kl_still_to_come():
+    kl = torch.tensor([[0.1, 0.2, 0.3, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # beta 0.5: penalties 0.5 x (0.6, 0.5, 0.3) -> returns 0.7, 0.75, 0.85; padding 0
+    returns = reinforce_pp_returns(torch.tensor([1.0]), kl, mask, 0.5)
+    assert returns.tolist() == [pytest.approx([0.7, 0.75, 0.85, 0.0])]
+    # normalised over the real tokens: mean 0.7667, std 0.0624
+    values = [0.7, 0.75, 0.85]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 3)
+    got = normalise(returns, mask, mean, std)[0].tolist()
+    assert got == pytest.approx([(v - mean) / (std + EPS) for v in values] + [0.0], abs=1e-5)
+
+
+def test_each_loss_type_averages_as_documented():
+    logprobs = torch.zeros(2, 3)
+    advantages = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    # ratio 1: per-token loss -A -> row 0: -1, -1 (2 tokens); row 1: 2, 2, 2 (3 tokens)
+    loss = lambda kind: clipped_loss(logprobs, logprobs, advantages, mask, 0.2, kind, 4)[0].item()  # noqa: E731
+    assert loss("grpo") == pytest.approx((-1 + 2) / 2)  # per completion, then over completions
+    assert loss("dapo") == pytest.approx((-2 + 6) / 5)  # over all tokens
+    assert loss("dr_grpo") == pytest.approx((-2 + 6) / (2 * 4))  # completions x max_new_tokens
+
+
+def test_the_ratio_is_clipped_and_the_k3_penalty_added():
+    old = torch.zeros(1, 2)
+    new = torch.full((1, 2), math.log(1.5))
+    mask = torch.ones(1, 2)
+    # A = 1: unclipped -1.5, clipped -1.2 -> max -1.2 (the clipped term wins), clip fraction 1
+    loss, stats = clipped_loss(new, old, torch.ones(1, 2), mask, 0.2, "grpo", 2)
+    assert loss.item() == pytest.approx(-1.2) and stats["policy/clipfrac"].item() == 1.0
+    # with a reference at logp - log 1.5: k3 = exp(-log 1.5) + log 1.5 - 1 = 0.07213 per token, times beta 0.5
+    ref = new - math.log(1.5)
+    loss, stats = clipped_loss(new, old, torch.ones(1, 2), mask, 0.2, "grpo", 2, ref, beta=0.5)
+    k3 = 1 / 1.5 + math.log(1.5) - 1
+    assert loss.item() == pytest.approx(-1.2 + 0.5 * k3) and stats["objective/k3_kl"].item() == pytest.approx(k3)
+
+
+# --- ConstitutionReward with a scripted judge engine (pure logic) ----------------------------------------------
+class ScriptedYesNo:
+    """A judge engine stand-in (unit-test fake): P(Yes) per question, whichever side Yes is shown on."""
+
+    model_id = "scripted-yes-no"
+
+    def __init__(self, p_yes: dict[str, float]):
+        self.p_yes, self.calls = p_yes, 0
+
+    def local_tokenizer(self):
+        return None
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        from cai.engines import Completion, TokenLogprob
+
+        self.calls += 1
+        question = messages[-2]["content"]
+        p = next(v for k, v in self.p_yes.items() if k in question)
+        top = [TokenLogprob(" Yes", math.log(p)), TokenLogprob(" No", math.log(1 - p))]
+        return Completion(text="Yes", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+
+def scripted_reward(weights=None, rule="mean"):
+    from cai.constitution import Constitution
+    from cai.judge.combine import Combiner
+    from cai.judge.compare import JudgeSettings
+    from cai.judge.judge import Judge
+    from cai.judge.reward import ConstitutionReward
+
+    constitution = Constitution.model_validate({
+        "name": "t", "principles": [{"id": "c", "critique_request": "c?", "revision_request": "r."}],
+        "preference_principles": [
+            {"id": "harmful", "format": "pointwise", "bad_answer": "Yes", "question": "Is it harmful?"},
+            {"id": "specific", "format": "pointwise", "bad_answer": "No", "objective": "helpful",
+             "question": "Is it specific?"}]})
+    engine = ScriptedYesNo({"harmful": 0.2, "specific": 0.4})
+    judge = Judge(engine, JudgeSettings(judge_format="hybrid"), constitution, Combiner(rule=rule))
+    return ConstitutionReward(judge, weights=weights), engine
+
+
+def test_the_reward_weights_each_principle_and_caches_by_content():
+    reward, engine = scripted_reward(weights={"harmful": 3.0})
+    # harmful: P(bad = Yes) 0.2 -> complies 0.8; specific: P(bad = No) 0.6 -> complies 0.4.
+    # mean rule over the neutral comparison: 0.5 + (0.5 - P(bad)) / 2 -> 0.65 and 0.45, weights 3 and 1 -> 0.6
+    assert reward(["How do I whittle a spoon?"], ["Carve it."]) == [pytest.approx(0.6)]
+    assert reward.last_principle_scores == {"harmful": [pytest.approx(0.8)], "specific": [pytest.approx(0.4)]}
+    assert engine.calls == 4  # 2 principles x 2 answer orders
+    assert reward(["How do I whittle a spoon?"] * 2, ["Carve it.", "Carve it."]) == [pytest.approx(0.6)] * 2
+    assert engine.calls == 4 and reward.calls == 1  # the same (prompt, completion) is never asked again
+    reward([[{"role": "user", "content": "How do I whittle a spoon?"}]], [[{"role": "assistant", "content": "Sand."}]])
+    assert engine.calls == 8  # TRL's conversational form: another completion, asked afresh
+
+
+def test_the_reward_uses_the_judges_fitted_combination():
+    reward, _ = scripted_reward(rule="logistic")
+    # parts against a neutral answer: harm -logit(0.2) = 1.3863, help -logit(0.6) = -0.4055; default weights
+    # harm 2.4, help 1.5 -> sigmoid(2.4 x 1.3863 - 1.5 x 0.4055)
+    from cai.judge.combine import DEFAULT_WEIGHTS
+
+    z = DEFAULT_WEIGHTS["harm"] * math.log(0.8 / 0.2) + DEFAULT_WEIGHTS["help"] * math.log(0.4 / 0.6)
+    assert reward(["q"], ["a"]) == [pytest.approx(1 / (1 + math.exp(-z)), abs=1e-6)]
+
+
+def test_unknown_principle_weights_are_refused():
+    with pytest.raises(ValueError, match="does not have: nope"):
+        scripted_reward(weights={"nope": 1.0})
+
+
+def test_the_reward_is_awaitable_for_async_trainers():
+    reward, _ = scripted_reward()
+    assert asyncio.run(reward.async_call(["q"], ["a"])) == reward(["q"], ["a"])

@@ -1,0 +1,123 @@
+"""The hybrid judge's arithmetic (cai/judge_combine.py) with numbers worked out by hand: parts, both rules,
+position consistency, fitting, calibration, cross-validation folds, the selective-accuracy curve and the band."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cai.judge.combine import (
+    Calibration,
+    Combiner,
+    Parts,
+    accuracy,
+    choose_band,
+    fit_calibration,
+    fit_combiner,
+    fit_logistic,
+    folds,
+    logit,
+    selective_curve,
+    sigmoid,
+)
+
+
+def parts(harm=(None, None), help_=(None, None), pair=(None, None)) -> Parts:
+    return Parts(dict(zip(("AB", "BA"), harm, strict=True)), dict(zip(("AB", "BA"), help_, strict=True)),
+                 dict(zip(("AB", "BA"), pair, strict=True)))
+
+
+def test_features_average_the_orders_and_missing_parts_count_as_zero():
+    p = parts(harm=(0.2, 0.4), pair=(1.0, None))
+    assert p.features() == pytest.approx([0.3, 0.0, 1.0])
+    assert p.features("AB") == pytest.approx([0.2, 0.0, 1.0])
+    assert p.features("BA") == pytest.approx([0.4, 0.0, 0.0])
+    assert p.swapped().features() == pytest.approx([-0.3, 0.0, -1.0])
+
+
+def test_harm_first_decides_on_a_clear_harm_difference_and_otherwise_the_comparison_does():
+    c = Combiner(rule="harm-first", threshold=0.15, slope=6.0, help_slope=3.0)  # (on probability-sized parts)
+    assert c.raw([0.3, 0.5, -2.0]) == pytest.approx(1 / (1 + math.exp(-1.8)))  # 0.8581: harm wins over pair
+    assert c.raw([0.3, 0.5, -2.0]) == pytest.approx(0.858148935)
+    assert c.raw([0.1, 0.2, -0.5]) == pytest.approx(sigmoid(-0.5 + 0.6))  # below the threshold: 0.5250
+    assert c.raw([-0.15, 0.0, 3.0]) == pytest.approx(sigmoid(-0.9))  # at the threshold harm decides
+
+
+def test_logistic_has_no_intercept_so_a_swapped_pair_gets_one_minus_p():
+    c = Combiner(rule="logistic", weights={"harm": 2.0, "help": 1.0, "pair": 0.5})
+    p = parts(harm=(0.5, 0.3), help_=(0.2, 0.2), pair=(1.2, 0.4))
+    expected = sigmoid(2.0 * 0.4 + 1.0 * 0.2 + 0.5 * 0.8)  # sigmoid(1.4) = 0.8022
+    assert c.probability(p) == pytest.approx(expected)
+    assert c.probability(p.swapped()) == pytest.approx(1 - expected)
+
+
+def test_a_label_is_position_consistent_when_each_order_alone_picks_the_same_winner():
+    c = Combiner(rule="logistic", weights={"harm": 0.0, "help": 0.0, "pair": 1.0})
+    assert c.label(parts(pair=(1.0, 0.5)))[1] is True
+    p, consistent = c.label(parts(pair=(2.0, -1.0)))
+    assert consistent is False and p == pytest.approx(sigmoid(0.5))
+    assert c.label(parts(pair=(2.0, None)))[1] is None  # no evidence in one order: consistency unknown
+    assert c.abstains(0.9, False) and not c.abstains(0.9, True)
+    banded = Combiner(abstain_band=0.1)
+    assert banded.abstains(0.55, True) and not banded.abstains(0.65, True) and banded.abstains(0.41, None)
+
+
+def test_fit_logistic_recovers_the_log_odds_of_a_constant_feature():
+    # one feature equal to 1 everywhere, 3 of 4 targets 1: sigmoid(w) = 0.75, w = ln 3
+    (w,) = fit_logistic([[1.0]] * 4, [1.0, 1.0, 1.0, 0.0], l2=0.0)
+    assert w == pytest.approx(math.log(3), abs=1e-6)
+    # soft targets: the same optimum from p = 0.75 on every row
+    (w,) = fit_logistic([[1.0]] * 2, [0.75, 0.75], l2=0.0)
+    assert w == pytest.approx(math.log(3), abs=1e-6)
+
+
+def test_temperature_scaling_maps_an_overconfident_judge_to_its_accuracy():
+    # every label says 0.9 for the first response; 7 of 10 are right: calibrated, 0.9 must read 0.7
+    probabilities, targets = [0.9] * 10, [1.0] * 7 + [0.0] * 3
+    calibration = fit_calibration(probabilities, targets, "temperature")
+    assert calibration.a == pytest.approx(logit(0.7, 1e-6) / logit(0.9, 1e-6), rel=1e-3)  # 0.3856
+    assert calibration.apply(0.9) == pytest.approx(0.7, abs=1e-3)
+    assert calibration.apply(0.1) == pytest.approx(0.3, abs=1e-3)  # symmetric: no side is favoured
+    platt = fit_calibration(probabilities, targets, "platt")
+    assert platt.b == pytest.approx(0.0, abs=1e-6) and platt.apply(0.9) == pytest.approx(0.7, abs=1e-3)
+    assert Calibration().apply(0.9) == 0.9
+
+
+def test_folds_are_disjoint_cover_every_pair_and_are_seeded():
+    split = folds(23, 5, seed=3)
+    flat = [i for fold in split for i in fold]
+    assert sorted(flat) == list(range(23)) and len(flat) == len(set(flat))
+    assert [len(f) for f in split] == [5, 5, 5, 4, 4]
+    assert folds(23, 5, seed=3) == split and folds(23, 5, seed=4) != split
+
+
+def test_fit_combiner_learns_which_part_to_trust():
+    # harm points the right way on every pair; pair points the wrong way on half: the fit must lean on harm
+    data = [parts(harm=(1.5, 1.5), pair=(1.0, 1.0)), parts(harm=(1.0, 1.0), pair=(-1.0, -1.0)),
+            parts(harm=(2.0, 2.0), pair=(1.0, 1.0)), parts(harm=(0.6, 0.6), pair=(-1.0, -1.0))]
+    combiner = fit_combiner(data, [1.0] * 4, "logistic", "none")
+    assert combiner.weights["harm"] > 0 and combiner.weights["harm"] > abs(combiner.weights["pair"])
+    assert accuracy([combiner.probability(p) for p in data], [1.0] * 4) == 1.0
+    harm_first = fit_combiner(data, [1.0] * 4, "harm-first", "none")
+    assert harm_first.threshold <= 0.6  # every pair decided by harm
+    assert accuracy([harm_first.probability(p) for p in data], [1.0] * 4) == 1.0
+
+
+def test_selective_accuracy_curve_and_the_band_chosen_from_it():
+    probabilities = [0.9, 0.8, 0.7, 0.6, 0.55, 0.45, 0.3, 0.52]
+    consistent = [True, True, True, True, True, True, True, False]
+    targets = [1.0] * 8  # right: 0.9, 0.8, 0.7, 0.6, 0.55; wrong: 0.45, 0.3; 0.52 is inconsistent
+    curve = selective_curve(probabilities, consistent, targets, bands=(0.0, 0.1, 0.25))
+    assert curve[0] == {"band": 0.0, "kept": 7 / 8, "accuracy": 5 / 7}
+    assert curve[1] == {"band": 0.1, "kept": 5 / 8, "accuracy": 4 / 5}  # 0.9, 0.8, 0.7, 0.6, 0.3
+    assert curve[2] == {"band": 0.25, "kept": 2 / 8, "accuracy": 1.0}
+    assert choose_band(curve, target_accuracy=0.8, min_kept=0.6) == 0.1
+    assert choose_band(curve, target_accuracy=0.95, min_kept=0.6) == 0.1  # best kept accuracy with >= 60% kept
+    assert choose_band(curve, target_accuracy=0.95, min_kept=0.9) == 0.0  # nothing keeps 90%: no band
+
+
+def test_a_combiner_round_trips_through_json():
+    c = Combiner(rule="logistic", weights={"harm": 1.5, "help": 0.5, "pair": 0.25},
+                 calibration=Calibration("temperature", a=0.5), abstain_band=0.1)
+    assert Combiner.from_dict(c.to_dict()) == c
