@@ -176,7 +176,11 @@ def test_a_huge_kl_coefficient_keeps_the_policy_near_the_reference(settings, ppo
     out = tmp_path / "tight"
     prepare_ppo(PPOConfig(out=str(out), **(settings | {"kl_coef": 100.0, "save_steps": 0}))).train()
     (base, free), (tight_before, tight) = _evals(ppo_run)[0], _evals(out)[0]
-    assert tight_before == pytest.approx(base)  # the same start and the same held-out draws
+    # the same start and the same held-out draws; the reward subtracts 100 x a step-0 KL of float noise (~1e-6)
+    reward = "eval/objective/rlhf_reward"
+    assert {k: v for k, v in tight_before.items() if k != reward} == pytest.approx(
+        {k: v for k, v in base.items() if k != reward})
+    assert tight_before[reward] == pytest.approx(base[reward], abs=100 * 1e-5)
     # measured: 0.71 against 2.83 nats (the KL term dominates the whitened advantages, so what drift remains is
     # sampling noise over four steps)
     assert tight["eval/objective/kl"] < 0.35 * free["eval/objective/kl"]

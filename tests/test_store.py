@@ -209,6 +209,35 @@ def test_a_stage_attempt_records_a_rejected_request_and_a_failure_and_lets_a_dea
     assert records[0]["prompt"] == "p" and run.summary.errors == 2 and run.summary.ok == 0
 
 
+def test_an_export_that_cannot_be_written_ends_the_run_with_one_message_and_no_half_file(tmp_path):
+    """The records are whole; only the export fails (a full disk): RunFailed names the folder and says to rerun, and
+    the atomic writer leaves no temporary file behind."""
+    import errno
+
+    from cai.runs.stage import RunFailed, StageRun
+    from cai.runs.writers import write_jsonl_atomic
+
+    run = StageRun(RunStore(tmp_path, "r"), {"kind": "t"}, {}, progress=False)
+    out = tmp_path / "r" / "export"
+    out.mkdir()
+
+    class FullDisk(list):
+        def __iter__(self):
+            yield {"row": 1}
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def export(path):
+        write_jsonl_atomic(path / "export" / "sft.jsonl", FullDisk())
+
+    with pytest.raises(RunFailed) as failed:
+        run.finish(export, 1.0, "samples failed")
+    message = str(failed.value)
+    assert message.startswith(f"cannot write the export in {out}: No space left on device")
+    assert "records.jsonl" in message and "rerun the same command" in message
+    assert list(out.iterdir()) == []
+    run.store.close()
+
+
 def test_only_the_in_process_vllm_engine_can_be_a_sampling_engine_for_training():
     from cai.engines import EngineConfig, create_sampling_engine
     from cai.errors import UsageError

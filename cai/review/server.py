@@ -165,14 +165,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, body: bytes, kind: str = "application/json", headers: dict | None = None) -> None:
-        self.send_response(status)
-        for name, value in {"Content-Type": kind, "Content-Length": str(len(body)), "Cache-Control": "no-store",
-                            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
-                            "style-src 'unsafe-inline'; connect-src 'self'", **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            for name, value in {"Content-Type": kind, "Content-Length": str(len(body)), "Cache-Control": "no-store",
+                                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+                                "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+                                "style-src 'unsafe-inline'; connect-src 'self'", **(headers or {})}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client hung up (e.g. after an oversized body)
+            self.close_connection = True
 
     def _json(self, status: int, data: dict[str, Any], headers: dict | None = None) -> None:
         self._reply(status, json.dumps(data, ensure_ascii=False).encode(), headers=headers)
@@ -216,6 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": "Content-Length must be a whole number of bytes"})
             return None
         if length > MAX_BODY:
+            self.close_connection = True  # the unread body would otherwise be parsed as the next request
             self._json(413, {"error": f"request bodies are at most {MAX_BODY} bytes"})
             return None
         try:

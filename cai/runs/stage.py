@@ -176,5 +176,10 @@ class StageRun:
 
     def finish(self, export: Callable[[Path], Any], max_failure_rate: float, what: str, details: str = "") -> None:
         """Export the run's datasets, then fail if too many items failed (the export is written either way)."""
-        export(self.store.path)
+        try:
+            export(self.store.path)
+        except OSError as e:  # a full disk or a file-size limit: the records are whole, only the export is missing
+            raise RunFailed(f"cannot write the export in {self.store.path / 'export'}: {e.strerror or e} (every record "
+                            f"is on disk in {self.store.records_path}; make room and rerun the same command to "
+                            "export again without redoing any item)") from e
         self.summary.check_failure_rate(max_failure_rate, what, self.store.records_path, details)

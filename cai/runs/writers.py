@@ -18,12 +18,16 @@ from cai.runs.redact import redact_secrets
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open_new(tmp) as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open_new(tmp) as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half file left beside the export
+        raise
 
 
 def save_datasets(folder: Path, splits: dict[str, list[dict[str, Any]]]) -> None:

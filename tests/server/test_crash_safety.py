@@ -151,10 +151,10 @@ def test_judge_survives_20_random_sigkills(generate_command, vllm_server, tmp_pa
 
 def test_a_failing_write_ends_generate_clearly_and_a_rerun_resumes(vllm_server, tmp_path):
     """A 24 KB file-size limit: the manifest (about 21 KB, most of it the constitution's text) fits, the records
-    file outgrows it mid-run."""
+    file (about 1.5 KB per prompt at 10 new tokens, so about 3 KB at 32) outgrows it mid-run."""
     def command(name):
         return [sys.executable, "-m", "cai", "generate", "--limit", "16", "--rounds", "1", "--few-shot", "0",
-                "--max-new-tokens", "10", "--concurrency", "4", "--output-dir", str(tmp_path), "--run-name", name,
+                "--max-new-tokens", "32", "--concurrency", "4", "--output-dir", str(tmp_path), "--run-name", name,
                 *server_args(vllm_server)]
 
     records = tmp_path / "full" / "records.jsonl"
