@@ -79,20 +79,27 @@ from datasets import Dataset
 from cai.inputs import load_prompts
 from cai.judge.reward import ConstitutionReward
 from cai.models import resolve_model
-steps, tokens_max, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-reward = ConstitutionReward.create("harmless", check=False, gpu_memory_utilization=0.15)
-items = [i for i in load_prompts("red-team") if hasattr(i, "messages")][:64]
-args = trl.GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=tokens_max, logging_steps=1, report_to="none", use_cpu=True,
-                      learning_rate=2e-6, save_strategy="no", seed=0, temperature=1.0, beta=0.0)
-trainer = trl.GRPOTrainer(model=resolve_model(None), reward_funcs=reward, args=args,
-                          train_dataset=Dataset.from_list([{"prompt": i.messages} for i in items]))
-started = time.monotonic()
-trainer.train()
-seconds = time.monotonic() - started
-lengths = [r["completions/mean_length"] for r in trainer.state.log_history if "completions/mean_length" in r]
-print("RESULT", json.dumps({"seconds": seconds, "tokens": sum(lengths) * 8}))
-reward.close()
+
+
+def main():  # vLLM starts its engine process by spawning: the script must be importable without side effects
+    steps, tokens_max, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    reward = ConstitutionReward.create("harmless", check=False, gpu_memory_utilization=0.15)
+    items = [i for i in load_prompts("red-team") if hasattr(i, "messages")][:64]
+    args = trl.GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=8, num_generations=4,
+                          max_completion_length=tokens_max, logging_steps=1, report_to="none", use_cpu=True,
+                          learning_rate=2e-6, save_strategy="no", seed=0, temperature=1.0, beta=0.0)
+    trainer = trl.GRPOTrainer(model=resolve_model(None), reward_funcs=reward, args=args,
+                              train_dataset=Dataset.from_list([{"prompt": i.messages} for i in items]))
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    lengths = [r["completions/mean_length"] for r in trainer.state.log_history if "completions/mean_length" in r]
+    print("RESULT", json.dumps({"seconds": seconds, "tokens": sum(lengths) * 8}))
+    reward.close()
+
+
+if __name__ == "__main__":
+    main()
 '''
 
 
@@ -120,10 +127,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
+    path = REPO / "benchmarks" / "results" / "grpo.json"
     with tempfile.TemporaryDirectory() as tmp:
         results = {"steps": args.steps, "max_new_tokens": args.max_new_tokens,
-                   "memory_and_time": ppo_vs_grpo(args, Path(tmp)), "throughput": cai_vs_trl(args, Path(tmp))}
-    (REPO / "benchmarks" / "results" / "grpo.json").write_text(json.dumps(results, indent=2) + "\n")
+                   "memory_and_time": ppo_vs_grpo(args, Path(tmp))}
+        path.write_text(json.dumps(results, indent=2) + "\n")  # kept if the second part fails
+        results["throughput"] = cai_vs_trl(args, Path(tmp))
+    path.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
 
 

@@ -37,11 +37,12 @@ from cai.train.grpo_math import (
     zero_variance_share,
 )
 from cai.train.grpo_rewards import Rewards
-from cai.train.judge_win_rate import response_strings
+from cai.train.judge_win_rate import eval_judge_for, response_strings
 from cai.train.loop import Trainer
 from cai.train.ppo_math import entropy_from_logits, masked_mean
 from cai.train.rl_config import GRPOConfig
-from cai.train.rollouts import TransformersRollouts, response_texts, rollout_batch
+from cai.train.rollouts import OnPolicySteps, response_texts, rollout_batch
+from cai.train.vllm_rollouts import make_rollouts
 
 
 def completion_seed(seed: int, step: int, prompt_id: str, index: int) -> int:
@@ -50,7 +51,7 @@ def completion_seed(seed: int, step: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-class GRPOTrainer(Trainer):
+class GRPOTrainer(OnPolicySteps, Trainer):
     drop_last = True  # every step is whole groups, split into whole micro-batches
 
     def __init__(self, config: GRPOConfig, policy: torch.nn.Module, tokenizer: Any, prompts: list[dict],
@@ -61,34 +62,12 @@ class GRPOTrainer(Trainer):
         self.rewards = rewards
         self.episodes = 0
         self.zero_variance: list[float] = []
-        self.rollouts = self._rollouts(extra_manifest["model_path"])
-        self.eval_judge = None
-        if config.eval_judge and self.eval_examples and self.accelerator.is_main_process:
-            from cai.train.judge_win_rate import EvalJudge
-
-            self.eval_judge = EvalJudge(config.eval_judge, self.out / "eval_judge_baseline.json",
-                                        config.eval_judge_constitution, seed=config.seed,
-                                        gpu_memory_utilization=config.eval_judge_gpu_memory_utilization,
-                                        judge_format=config.eval_judge_format,
-                                        calibration=config.eval_judge_calibration, check=config.eval_judge_check)
-            self.manifest["eval_judge"] = self.eval_judge.describe()
-
-    def _rollouts(self, model_path: str) -> Any:
-        config, policy = self.config, self.unwrapped
-        if config.rollouts == "transformers":
-            return TransformersRollouts(policy, self.tokenizer, config.max_new_tokens, config.temperature,
-                                        config.top_p, seeded=True)
-        if self.accelerator.num_processes > 1:
-            from cai.errors import UsageError
-
-            raise UsageError("--rollouts vllm runs one engine beside one training process; with several processes "
-                             "use --rollouts transformers")
-        from cai.train.vllm_rollouts import VLLMRollouts
-
-        settings = {"max_model_len": config.max_length, "gpu_memory_utilization": config.rollout_gpu_memory_utilization,
-                    "dtype": "bfloat16" if config.bf16 else "float32", "trust_remote_code": config.trust_remote_code}
-        return VLLMRollouts(model_path, self.tokenizer, config.max_new_tokens, config.temperature, config.top_p,
-                            sync=config.rollout_sync, engine_settings=settings, policy=policy)
+        self.rollouts = make_rollouts(config, self.unwrapped, self.tokenizer, extra_manifest["model_path"],
+                                      self.accelerator.num_processes, seeded=True)
+        self.eval_judge = eval_judge_for(config, self.out, self.accelerator.is_main_process,
+                                         bool(self.eval_examples))
+        if self.eval_judge is not None:
+            self.manifest["eval_judge"] = self.eval_judge.describe()  # recorded with the run
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -96,13 +75,6 @@ class GRPOTrainer(Trainer):
 
     def draw_size(self) -> int:
         return self.config.rollout_batch_size // self.config.num_generations
-
-    def draws_per_step(self) -> int:
-        return 1
-
-    def updates_per_step(self) -> int:
-        minibatch = self.config.batch_size * self.config.gradient_accumulation_steps
-        return self.config.ppo_epochs * (self.config.rollout_batch_size // minibatch)
 
     def extra_state(self) -> dict[str, Any]:
         return {"episodes": self.episodes, "zero_variance": self.zero_variance}
@@ -278,10 +250,7 @@ class GRPOTrainer(Trainer):
         result = {"eval/reward": mean(rewards), "eval/response_length": mean(lengths),
                   "eval/responses": float(len(examples)), **({"eval/objective/kl": mean(kls)} if kls else {})}
         if self.eval_judge is not None and self.accelerator.is_main_process:
-            prompts = [e["messages"] for e in examples]
-            baseline = self.eval_judge.baseline(prompts, texts)
-            if baseline is not None:
-                result.update(self.eval_judge.win_rate(prompts, texts, baseline))
+            result.update(self.eval_judge.against_step_zero(examples, texts))
         return result
 
     def save_final(self) -> None:

@@ -51,6 +51,12 @@ class EvalJudge:
         self.baseline_file.write_text(json.dumps({"prompts": prompts, "answers": answers}))
         return None
 
+    def against_step_zero(self, examples: list[dict], answers: list[str]) -> dict[str, float]:
+        """The held-out answers' win-rate against the step-0 ones; at step 0 the answers are stored and {} returned."""
+        prompts = [e["messages"] for e in examples]
+        baseline = self.baseline(prompts, answers)
+        return {} if baseline is None else self.win_rate(prompts, answers, baseline)
+
     def win_rate(self, prompts: list[list[dict]], answers: list[str], baseline: list[str]) -> dict[str, float]:
         from cai.constitution import sample_rng
 
@@ -83,3 +89,13 @@ def response_strings(tokenizer: Any, batch: dict) -> list[str]:
     lengths = batch["response_mask"].sum(1).long().tolist()
     return [tokenizer.decode(batch["response_ids"][i, :n].tolist(), skip_special_tokens=True).strip()
             for i, n in enumerate(lengths)]
+
+
+def eval_judge_for(config: Any, out: Path, main_process: bool, has_examples: bool) -> EvalJudge | None:
+    """A sampling trainer's `--eval-judge` (PPO, GRPO): on the main process, when there are held-out prompts."""
+    if not (config.eval_judge and has_examples and main_process):
+        return None
+    return EvalJudge(config.eval_judge, out / "eval_judge_baseline.json", config.eval_judge_constitution,
+                     seed=config.seed, gpu_memory_utilization=config.eval_judge_gpu_memory_utilization,
+                     judge_format=config.eval_judge_format, calibration=config.eval_judge_calibration,
+                     check=config.eval_judge_check)

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from cai.errors import UsageError
 from cai.train.data import DataError
 from cai.train.experience import (
     Experience,
@@ -35,7 +34,7 @@ from cai.train.experience import (
     response_logprobs,
     response_values,
 )
-from cai.train.judge_win_rate import response_strings
+from cai.train.judge_win_rate import eval_judge_for, response_strings
 from cai.train.loop import Trainer
 from cai.train.modeling import add_lora, load_causal_lm, load_tokenizer
 from cai.train.ppo_math import (
@@ -47,12 +46,13 @@ from cai.train.ppo_math import (
     value_loss,
 )
 from cai.train.rl_config import PPOConfig
-from cai.train.rollouts import RolloutGenerator, TransformersRollouts, load_prompt_examples
+from cai.train.rollouts import OnPolicySteps, RolloutGenerator, load_prompt_examples
 from cai.train.scoring import is_ensemble, load_reward_model, make_scorer, members
 from cai.train.sft import split_eval
+from cai.train.vllm_rollouts import make_rollouts
 
 
-class PPOTrainer(ExperienceMaker, Trainer):
+class PPOTrainer(ExperienceMaker, OnPolicySteps, Trainer):
     drop_last = True  # every step is rollout_batch_size rollouts, split into whole minibatches
     def __init__(self, config: PPOConfig, model: PolicyAndValue, tokenizer: Any, prompts: list[dict],
                  eval_prompts: list[dict], reference: torch.nn.Module | None, extra_manifest: dict):
@@ -71,32 +71,13 @@ class PPOTrainer(ExperienceMaker, Trainer):
             self.multiplier = LagrangeMultiplier(config.lambda_init, config.lambda_lr, config.cost_limit,
                                                  config.lambda_max, config.lambda_window)
         self.episodes = 0
-        self.rollouts: RolloutGenerator = self._rollouts(extra_manifest["model_path"])
-        self.eval_judge = None
-        if config.eval_judge and self.eval_examples and self.accelerator.is_main_process:
-            from cai.train.judge_win_rate import EvalJudge
-
-            self.eval_judge = EvalJudge(config.eval_judge, self.out / "eval_judge_baseline.json",
-                                        config.eval_judge_constitution, seed=config.seed,
-                                        gpu_memory_utilization=config.eval_judge_gpu_memory_utilization,
-                                        judge_format=config.eval_judge_format,
-                                        calibration=config.eval_judge_calibration, check=config.eval_judge_check)
+        self.rollouts: RolloutGenerator = make_rollouts(config, self.unwrapped.policy, self.tokenizer,
+                                                        extra_manifest["model_path"],
+                                                        self.accelerator.num_processes)
+        self.eval_judge = eval_judge_for(config, self.out, self.accelerator.is_main_process,
+                                         bool(self.eval_examples))
+        if self.eval_judge is not None:
             self.manifest["eval_judge"] = self.eval_judge.describe()  # recorded with the run
-
-    def _rollouts(self, model_path: str) -> RolloutGenerator:
-        config, policy = self.config, self.unwrapped.policy
-        if config.rollouts == "transformers":
-            return TransformersRollouts(policy, self.tokenizer, config.max_new_tokens, config.temperature,
-                                        config.top_p)
-        if self.accelerator.num_processes > 1:
-            raise UsageError("--rollouts vllm runs one engine beside one training process; with several processes "
-                             "use --rollouts transformers")
-        from cai.train.vllm_rollouts import VLLMRollouts
-
-        settings = {"max_model_len": config.max_length, "gpu_memory_utilization": config.rollout_gpu_memory_utilization,
-                    "dtype": "bfloat16" if config.bf16 else "float32", "trust_remote_code": config.trust_remote_code}
-        return VLLMRollouts(model_path, self.tokenizer, config.max_new_tokens, config.temperature, config.top_p,
-                            sync=config.rollout_sync, engine_settings=settings, policy=policy)
 
     @property
     def unwrapped(self) -> PolicyAndValue:
@@ -104,13 +85,6 @@ class PPOTrainer(ExperienceMaker, Trainer):
 
     def draw_size(self) -> int:
         return self.config.rollout_batch_size
-
-    def draws_per_step(self) -> int:
-        return 1
-
-    def updates_per_step(self) -> int:
-        minibatch = self.config.batch_size * self.config.gradient_accumulation_steps
-        return self.config.ppo_epochs * (self.config.rollout_batch_size // minibatch)
 
     def extra_state(self) -> dict[str, Any]:
         state = {"kl_coef": self.kl.value, "episodes": self.episodes}
@@ -273,10 +247,7 @@ class PPOTrainer(ExperienceMaker, Trainer):
             result.update({"eval/objective/cost": mean(costs),
                            "eval/objective/unsafe_share": sum(c > 0 for c in costs) / len(costs)})
         if self.eval_judge is not None and self.accelerator.is_main_process:
-            prompts = [e["messages"] for e in examples]
-            baseline = self.eval_judge.baseline(prompts, texts)
-            if baseline is not None:
-                result.update(self.eval_judge.win_rate(prompts, texts, baseline))
+            result.update(self.eval_judge.against_step_zero(examples, texts))
         return result
 
     def save_final(self) -> None:

@@ -167,3 +167,17 @@ def load_prompt_examples(source: str, tokenizer: Any, limit: int | None, max_pro
     if not examples:
         raise DataError(f"{source}: no usable prompts ({len(problems)} problem rows)")
     return examples
+
+
+class OnPolicySteps:
+    """A sampling trainer's step (PPO, GRPO): one draw of prompts, then `ppo_epochs` passes over its rollouts in
+    minibatches of batch_size x accumulation, each minibatch one optimizer update. Mixed in before `Trainer`."""
+
+    config: Any
+
+    def draws_per_step(self) -> int:
+        return 1
+
+    def updates_per_step(self) -> int:
+        minibatch = self.config.batch_size * self.config.gradient_accumulation_steps
+        return self.config.ppo_epochs * (self.config.rollout_batch_size // minibatch)

@@ -25,7 +25,8 @@ from typing import Any, Literal
 import torch
 
 from cai.engines import SamplingEngine, TokenSampling, close_on_loop, create_sampling_engine
-from cai.train.rollouts import Rollouts, end_ids, hf_model
+from cai.errors import UsageError
+from cai.train.rollouts import RolloutGenerator, Rollouts, TransformersRollouts, end_ids, hf_model
 
 Sync = Literal["inplace", "reload"]
 
@@ -115,3 +116,19 @@ class VLLMRollouts(Rollouts):
         close_on_loop(self._loop, self.engine)
         self.engine = None
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def make_rollouts(config: Any, policy: torch.nn.Module, tokenizer: Any, model_path: str, num_processes: int,
+                  seeded: bool = False) -> RolloutGenerator:
+    """The rollout engine a sampling trainer's config asks for (PPO, GRPO): `model.generate` on the policy, or a
+    vLLM engine beside it whose weights are synced in place (one training process only)."""
+    if config.rollouts == "transformers":
+        return TransformersRollouts(policy, tokenizer, config.max_new_tokens, config.temperature, config.top_p,
+                                    seeded=seeded)
+    if num_processes > 1:
+        raise UsageError("--rollouts vllm runs one engine beside one training process; with several processes "
+                         "use --rollouts transformers")
+    settings = {"max_model_len": config.max_length, "gpu_memory_utilization": config.rollout_gpu_memory_utilization,
+                "dtype": "bfloat16" if config.bf16 else "float32", "trust_remote_code": config.trust_remote_code}
+    return VLLMRollouts(model_path, tokenizer, config.max_new_tokens, config.temperature, config.top_p,
+                        sync=config.rollout_sync, engine_settings=settings, policy=policy)
