@@ -76,12 +76,14 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict = {"steps": args.steps, "eval_steps": args.eval_steps, "seeds": seeds, "runs": {}}
+    out = REPO / "benchmarks" / "results" / "macro.json"
     with tempfile.TemporaryDirectory() as tmp:
         reward_model = train_reward_model(Path(tmp) / "rm", args.rm_steps)
         for seed in seeds:
             for macro in VARIANTS:
                 run = ppo_run(reward_model, macro, seed, args, Path(tmp) / f"{macro.replace(':', '')}-{seed}")
                 results["runs"][f"{macro}/seed{seed}"] = run
+                out.write_text(json.dumps(results, indent=2) + "\n")  # each finished run kept on disk
                 print(f"{macro} seed {seed}: {run['seconds']} s, evals {run['evals']}", flush=True)
     per_variant: dict = {}
     for macro in VARIANTS[1:]:
@@ -100,7 +102,6 @@ def main() -> None:
                                                       for s in seeds]),
                                     "kl": summary([results["runs"][f"fixed:1/seed{s}"]["evals"][-1]["kl"]
                                                    for s in seeds])}
-    out = REPO / "benchmarks" / "results" / "macro.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({"comparison": {m: {k: v for k, v in c.items() if k != "per_seed"} for m, c in per_variant.items()},
                       "token_level_final": results["token_level_final"]}))
