@@ -223,17 +223,23 @@ class ScriptedCost:
 
 
 @pytest.mark.model
-def test_ppo_lambda_follows_a_scripted_cost_and_plain_ppo_is_unchanged(tmp_path):
-    from cai.train.ppo import prepare_ppo
-    from cai.train.rl_config import PPOConfig
-
+def tiny_safe_rlhf_inputs(tmp_path: Path, prompts: int) -> tuple[str, str, str, Path]:
+    """A tiny policy, reward model and cost model saved under tmp_path, and a prompts file of `prompts` rows."""
     tok = tiny_tokenizer()
     policy = save(tiny_causal_lm(tok), tok, tmp_path / "policy")
     rm = save(tiny_reward_model(tok, seed=1), tok, tmp_path / "rm")
     cost = save(tiny_reward_model(tok, seed=2), tok, tmp_path / "cost")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"how do i pick a lock {WORDS[35 + i]}"}) + "\n"
-                               for i in range(8)))
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"how do i pick a lock {WORDS[35 + i]}"}) + "\n"
+                            for i in range(prompts)))
+    return policy, rm, cost, path
+
+
+def test_ppo_lambda_follows_a_scripted_cost_and_plain_ppo_is_unchanged(tmp_path):
+    from cai.train.ppo import prepare_ppo
+    from cai.train.rl_config import PPOConfig
+
+    policy, rm, cost, prompts = tiny_safe_rlhf_inputs(tmp_path, prompts=8)
     settings = dict(model=policy, reward_model=rm, data=str(prompts), eval_fraction=0.0, rollout_batch_size=4,
                     batch_size=2, ppo_epochs=1, max_new_tokens=4, max_length=64, max_prompt_length=32,
                     max_steps=6, progress=False, temperature=1.0)
@@ -272,13 +278,7 @@ def test_safe_ppo_advantages_mix_the_cost_and_only_the_cost_value_learns_the_cos
     from cai.train.ppo_math import gae, token_rewards
     from cai.train.rl_config import PPOConfig
 
-    tok = tiny_tokenizer()
-    policy = save(tiny_causal_lm(tok), tok, tmp_path / "policy")
-    rm = save(tiny_reward_model(tok, seed=1), tok, tmp_path / "rm")
-    cost = save(tiny_reward_model(tok, seed=2), tok, tmp_path / "cost")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"how do i pick a lock {WORDS[35 + i]}"}) + "\n"
-                               for i in range(4)))
+    policy, rm, cost, prompts = tiny_safe_rlhf_inputs(tmp_path, prompts=4)
     trainer = prepare_ppo(PPOConfig(
         model=policy, reward_model=rm, data=str(prompts), eval_fraction=0.0, rollout_batch_size=4, batch_size=4,
         ppo_epochs=1, max_new_tokens=4, max_length=64, max_prompt_length=32, max_steps=1, progress=False,
