@@ -117,6 +117,9 @@ def kill_when(proc: subprocess.Popen, due, budget_s: float = 600, poll_s: float 
     return False
 
 
+_LEFT_BEHIND: list[str] = []
+
+
 def pytest_sessionfinish(session, exitstatus):
     """No process the tests started may outlive them: leftovers (after 15 s to exit on their own) are listed with
     their stacks, killed, and fail the run."""
@@ -132,7 +135,22 @@ def pytest_sessionfinish(session, exitstatus):
         _time.sleep(0.5)
         left = tagged(SESSION, os.environ[SESSION])
     if left:
+        _LEFT_BEHIND.extend(_cmdline(pid) for pid in left)
         dump = stacks(left)
         kill_tagged(SESSION, os.environ[SESSION])
         print(f"\n*** the tests left {len(left)} processes behind (now killed):\n{dump}", file=sys.stderr)
         session.exitstatus = 1
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return f"pid {pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return f"pid {pid}: (gone)"
+
+
+def pytest_unconfigure(config):
+    """Repeat the leftovers after pytest's last line, where a log's tail shows them (the stacks are above)."""
+    if _LEFT_BEHIND:
+        print("\n*** FAILED: the tests left processes behind (stacks above):\n  " + "\n  ".join(_LEFT_BEHIND),
+              file=sys.stderr)

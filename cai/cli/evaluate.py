@@ -1,4 +1,5 @@
-"""`cai eval judge` (how good is a judge on labelled pairs) and `cai eval model` (did training work)."""
+"""`cai eval judge` (how good is a judge on labelled pairs), `cai eval model` (did training work) and `cai eval w2s`
+(what training on the judge's labels costs against true labels: weak-to-strong)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def add_parser(sub: Any) -> None:
     m.add_argument("--judge-model", dest="judge.model", help="the judge's model (default: the embedded one)")
     m.set_defaults(_run=run_model)
 
+    from cai.evaluate.w2s import W2SConfig
+
+    w = esub.add_parser("w2s", help="weak-to-strong: students trained on the judge's labels vs on true labels (PGR)")
+    add_settings(w, W2SConfig, flags={"progress": None, "principles_per_pair": "--principles"})
+    w.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    engine_options(w, title="judge engine (the weak supervisor)")
+    w.set_defaults(_run=run_w2s)
+
 
 def run_judge(args: argparse.Namespace) -> int:
     from cai.config import JudgeConfig, load_config
@@ -57,4 +66,13 @@ def run_model(args: argparse.Namespace) -> int:
 
     config = load_config(EvalConfig, None, overrides(args))
     print(json.dumps(asyncio.run(evaluate_models(config, args.report_out)), indent=2))
+    return 0
+
+
+def run_w2s(args: argparse.Namespace) -> int:
+    from cai.config import load_config
+    from cai.evaluate.w2s import W2SConfig, format_w2s, run_w2s
+
+    config = load_config(W2SConfig, None, overrides(args))
+    print(format_w2s(asyncio.run(run_w2s(config))))
     return 0

@@ -151,6 +151,13 @@ class RewardConfig(TrainConfig):
     objective: Literal["helpful", "harmless"] | None = None
     """Train on this objective's label (`p_helpful` / `p_harmless` from `cai judge --objectives`) instead of
     `p_chosen`; each pair is turned so that `chosen` is the response the objective prefers."""
+    loss: Literal["xent", "logconf"] = "xent"
+    """`xent`: Bradley-Terry toward the labels. `logconf`: the auxiliary confidence loss for weak labels (Burns et
+    al. 2023): the target mixes each label with the model's own hardened prediction (`cai eval w2s` compares)."""
+    logconf_alpha: float = Field(default=0.75, ge=0, le=1)
+    """`logconf`: the hardened predictions' final weight in the target."""
+    logconf_warmup: float = Field(default=0.2, ge=0, le=1)
+    """`logconf`: share of training over which that weight ramps up from 0."""
 
     @model_validator(mode="after")
     def _check_margin(self) -> RewardConfig:
@@ -165,6 +172,8 @@ class CostConfig(RewardConfig):
 
     objective: Literal["harmless"] = "harmless"
     """The cost model always learns from the harmlessness labels (more harmful = higher cost)."""
+    loss: Literal["xent"] = "xent"
+    """The cost model has its own loss (below); the confidence loss is for reward models only."""
     classification_weight: float = Field(default=1.0, ge=0)
     """Weight of the term that puts a harmful response's cost above 0 and a safe one's below (targets: the
     judge's `unsafe_chosen` / `unsafe_rejected`); 0 trains on the pairs alone, as a plain reward model would."""

@@ -116,6 +116,37 @@ def reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_chosen: torc
     return losses, metrics
 
 
+def logconf_weight(progress: float, alpha: float, warmup: float) -> float:
+    """The confidence loss's weight at `progress` (share of training done, 0..1): ramped linearly from 0 to
+    `alpha` over the first `warmup` share of training, then held (Burns et al., arXiv 2312.09390)."""
+    if warmup <= 0:
+        return alpha
+    return alpha * min(1.0, max(progress, 0.0) / warmup)
+
+
+def hardened(p_model: torch.Tensor, positive_share: float) -> torch.Tensor:
+    """The student's own predictions made hard: 1 for the `positive_share` of the batch it is most sure prefer
+    `chosen`, 0 for the rest. The threshold is the (1 - share) quantile of the predictions, so the hardened labels
+    keep the weak labels' class balance instead of all following the student's drift to one side."""
+    if positive_share <= 0 or positive_share >= 1:
+        return torch.full_like(p_model.detach(), float(positive_share >= 1))
+    threshold = torch.quantile(p_model.detach().float(), 1.0 - positive_share)
+    return (p_model.detach() >= threshold).to(p_model.dtype)
+
+
+def logconf_reward_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_weak: torch.Tensor, weight: float,
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The auxiliary confidence loss for a pairwise reward model trained on weak labels: the Bradley-Terry loss
+    toward the target (1 - w) p_weak + w hard(sigma(r_chosen - r_rejected)), where `hard` keeps the weak labels'
+    share of pairs that prefer `chosen` (see `hardened`). With w = 0 it is the plain soft-label loss."""
+    p_model = torch.sigmoid(r_chosen - r_rejected)
+    share = float((p_weak > 0.5).float().mean())
+    target = (1 - weight) * p_weak.to(p_model.dtype) + weight * hardened(p_model, share)
+    losses, metrics = reward_loss(r_chosen, r_rejected, target)
+    metrics["logconf/weight"] = torch.full_like(losses, weight)
+    return losses, metrics
+
+
 def cost_loss(c_chosen: torch.Tensor, c_rejected: torch.Tensor, p_chosen: torch.Tensor,
               unsafe_chosen: torch.Tensor, unsafe_rejected: torch.Tensor, classification_weight: float = 1.0,
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

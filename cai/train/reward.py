@@ -27,18 +27,24 @@ from cai.train.data import (
 )
 from cai.train.dpo import collate_pairs
 from cai.train.loop import Trainer
-from cai.train.losses import reward_loss
+from cai.train.losses import logconf_reward_loss, logconf_weight, reward_loss
 from cai.train.modeling import add_lora, disable_dropout, load_tokenizer
 from cai.train.scoring import load_reward_model, sequence_scores
 from cai.train.sft import split_eval
 
 
-def reward_loss_fn(config: RewardConfig):
+def reward_loss_fn(config: RewardConfig, progress=lambda: 0.0):
+    """The loss of a batch; `progress()` (share of training done) ramps the confidence loss's weight."""
     def loss_fn(model, batch):
         scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
         half = scores.shape[0] // 2
-        losses, metrics = reward_loss(scores[:half], scores[half:], batch.get("p_chosen"), batch.get("margin"),
-                                      config.center_rewards_coefficient)
+        if config.loss == "logconf":
+            p_weak = batch.get("p_chosen", torch.ones(half, device=scores.device))
+            weight = logconf_weight(progress(), config.logconf_alpha, config.logconf_warmup)
+            losses, metrics = logconf_reward_loss(scores[:half], scores[half:], p_weak, weight)
+        else:
+            losses, metrics = reward_loss(scores[:half], scores[half:], batch.get("p_chosen"), batch.get("margin"),
+                                          config.center_rewards_coefficient)
         return losses.mean(), metrics, int(batch["attention_mask"].sum())
 
     return loss_fn
@@ -136,10 +142,15 @@ def prepare_reward(config: RewardConfig) -> RewardTrainer:
         disable_dropout(model)
     if config.lora:
         model = add_lora(model, config, task_type="SEQ_CLS")
-    return RewardTrainer(config, model, tokenizer, train,
-                         lambda b: collate_reward_pairs(b, tokenizer.pad_token_id, soft, margin),
-                         reward_loss_fn(config), held_out,
-                         {"task": "rm", "model_path": path, "dropped_examples": dropped, "soft_labels": soft,
-                          "margin": margin, "objective": config.objective})
+    built: list[RewardTrainer] = []  # the loss reads its own trainer's progress
+
+    def progress() -> float:
+        return built[0].step / max(built[0].total_steps, 1) if built else 0.0
+
+    collate = lambda b: collate_reward_pairs(b, tokenizer.pad_token_id, soft, margin)  # noqa: E731
+    built.append(RewardTrainer(config, model, tokenizer, train, collate, reward_loss_fn(config, progress), held_out,
+                               {"task": "rm", "model_path": path, "dropped_examples": dropped, "soft_labels": soft,
+                                "margin": margin, "objective": config.objective, "loss": config.loss}))
+    return built[0]
 
 
