@@ -290,7 +290,7 @@ def correct(p: float) -> float:
 
 
 def train_arm(config: W2SConfig, folder: Path, train: list[dict[str, Any]], test: list[dict[str, Any]],
-              loss: str, seed: int) -> dict[str, Any]:
+              loss: str, seed: int, train_ids: list[str]) -> dict[str, Any]:
     """Train one student on `train` and score it on `test`; `folder/scores.json` is written when it is whole."""
     import gc
 
@@ -319,7 +319,7 @@ def train_arm(config: W2SConfig, folder: Path, train: list[dict[str, Any]], test
     chosen = scorer.score(prompts, [r["chosen"] for r in test])
     rejected = scorer.score(prompts, [r["rejected"] for r in test])
     del scorer
-    result = {"ids": [r["id"] for r in test], "chosen": chosen, "rejected": rejected,
+    result = {"ids": [r["id"] for r in test], "train_ids": train_ids, "chosen": chosen, "rejected": rejected,
               "correct": [1.0 if c > r else 0.0 if c < r else 0.5 for c, r in zip(chosen, rejected, strict=True)],
               "train_loss": final.get("loss")}
     if not config.keep_models:
@@ -353,7 +353,7 @@ async def run_w2s(config: W2SConfig) -> dict[str, Any]:
                 loss = "xent" if arm == "ceiling" else arm.removeprefix("w2s-")
                 labels = [1.0] * len(train) if arm == "ceiling" else [weak["p"][r["id"]] for r in train]
                 scored = train_arm(config, out / f"seed-{seed}" / arm, training_rows(train, labels, seed), test,
-                                   loss, seed)
+                                   loss, seed, result["train_ids"])
                 if scored["ids"] != result["test_ids"]:
                     raise UsageError(f"{out}/seed-{seed}/{arm}: scored other pairs than this split's; remove it")
                 result["correct"][arm] = scored["correct"]

@@ -72,3 +72,41 @@ def verdict_section(run: Path) -> str:
     items = "".join(f'<li class="{html.escape(v["mark"])}"><b>{html.escape(v["mark"])}</b>: {html.escape(v["text"])}</li>'
                     for v in verdict(EvalResults.read(path)))
     return f'<section id="verdict"><h2>Verdict</h2><ul>{items}</ul></section>'
+
+
+def w2s_section(run: Path, folder: Path) -> tuple[str, list[str]]:
+    """`cai eval w2s`'s result (RUN/w2s.json, or RUN/w2s/w2s.json inside a pipeline run): accuracy of the weak
+    supervisor, each weak-to-strong student and the ceiling, with intervals, and each loss's PGR."""
+    path = next((p for p in (run / "w2s.json", run / "w2s" / "w2s.json") if p.is_file()), None)
+    if path is None:
+        return "", []
+    import json
+
+    report = json.loads(path.read_text(encoding="utf-8"))
+    arms = list(report["accuracy"])
+    values = [report["accuracy"][a]["accuracy"] for a in arms]
+    below = [v - report["accuracy"][a]["ci95"][0] for a, v in zip(arms, values, strict=True)]
+    above = [report["accuracy"][a]["ci95"][1] - v for a, v in zip(arms, values, strict=True)]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    colours = ["#dd8452"] + ["#4c72b0"] * (len(arms) - 2) + ["#55a868"]
+    ax.bar(arms, values, yerr=[below, above], color=colours, capsize=8)
+    ax.axhline(0.5, color="grey", linestyle="--")
+    ax.set_ylim(0, 1)
+    ax.set_title("Held-out accuracy: weak / weak-to-strong / ceiling (95% CI)")
+    image = _save(fig, folder, "w2s.png")
+    rows = "".join(
+        f"<tr><td>{html.escape(a)}</td><td>{_fmt(report['accuracy'][a]['accuracy'])}</td>"
+        f"<td>{_fmt(report['accuracy'][a]['ci95'][0])}-{_fmt(report['accuracy'][a]['ci95'][1])}</td>"
+        f"<td>{_fmt(report['pgr'].get(a, {}).get('pgr')) if a in report['pgr'] else ''}</td>"
+        f"<td>{_ci(report['pgr'][a]['ci95']) if a in report['pgr'] else ''}</td></tr>" for a in arms)
+    body = (f"<p>{html.escape(report['verdict'])}</p><p>Truth: {html.escape(report['truth'])} ({report['pairs']} "
+            f"pairs, {report['held_out_per_seed']} held out per seed, {report['seeds']} seeds). Weak supervisor: "
+            f"{html.escape(report['weak_supervisor'])}. Student: {html.escape(report['student'])}.</p>"
+            f"<table><tr><th>arm</th><th>accuracy</th><th>95% CI</th><th>PGR</th><th>PGR 95% CI</th></tr>{rows}"
+            f"</table><img src=\"{image}\" alt=\"weak-to-strong accuracy\">")
+    return _section("Weak-to-strong", body), [image]
+
+
+def _ci(interval: list) -> str:
+    return "n/a" if interval[0] is None else f"{_fmt(interval[0])}-{_fmt(interval[1])}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cai.errors import UsageError
 from cai.report.data import generate_section, judge_section
-from cai.report.evaluation import eval_section, verdict_section
+from cai.report.evaluation import eval_section, verdict_section, w2s_section
 from cai.report.training import online_section, training_section
 
 STYLE = """body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}
@@ -31,12 +31,13 @@ def write_report(run_dir: str | Path) -> Path:
         raise UsageError(f"{run} is not a folder (a `cai run` output folder, such as outputs/quickstart)")
     from cai.registry import STAGES
 
-    if not any((run / stage).exists() for stage in [*STAGES, "online"] if stage != "report"):
+    if not any((run / stage).exists() for stage in [*STAGES, "online", "w2s", "w2s.json"] if stage != "report"):
         raise UsageError(f"{run} holds no cai stage output to report on")
     folder = run / "report"
     folder.mkdir(parents=True, exist_ok=True)
     sections = []
-    for build in (generate_section, judge_section, training_section, online_section, eval_section):
+    for build in (generate_section, judge_section, training_section, online_section, eval_section,
+                  w2s_section):
         text, _ = build(run, folder)
         if text:
             sections.append(text)
