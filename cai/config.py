@@ -12,17 +12,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from cai.engines import EngineConfig
-from cai.errors import UsageError
 from cai.runs.fingerprint import settings_hash
-from cai.settings import Settings
-from cai.yaml_safe import YAMLInputError, load_yaml
-
-
-class ConfigError(UsageError):
-    """A config file or override that cannot be used."""
+from cai.settings import ConfigError, Settings, error_lines, load_config, read_yaml_file  # noqa: F401 (re-exported)
 
 
 class StageTokens(Settings):
@@ -161,6 +155,12 @@ class JudgeConfig(RunSettings):
     """A judgement whose option tokens carry less probability than this is invalid."""
     top_logprobs: int = Field(default=20, ge=2)
     """Alternatives read at the answer position (the options' tokens are looked for among them)."""
+    protocol: Literal["direct", "consultancy", "debate"] = "direct"
+    """Before a pairwise answer the judge hears nothing, one consultant's argument or two debaters' (judge/debate.py)."""
+    debate_max_tokens: int = Field(default=96, ge=8)
+    """Most tokens of each debater's (or the consultant's) argument."""
+    debater_engine: EngineConfig | None = None
+    """The debaters' engine (`--debater-model`); the judge's own model when unset."""
     samples_per_prompt: int = Field(default=4, ge=2)
     """K, for the `sampled` strategy."""
     pairing: Literal["all", "reference"] = "all"
@@ -225,6 +225,10 @@ class JudgeConfig(RunSettings):
                    self.strategy == "sampled", "--strategy sampled")
         self.needs(("judge_check", "min_judge_accuracy", "strict_judge"), self.check_judge,
                    "the judge check (drop --no-check-judge)")
+        self.needs(("debate_max_tokens", "debater_engine"), self.protocol != "direct",
+                   "--protocol debate or consultancy")
+        if self.protocol != "direct" and self.judge_format == "pointwise":
+            raise ValueError(f"--protocol {self.protocol} argues over a comparison; use --judge-format pairwise or hybrid")
         return self
 
 
@@ -287,7 +291,7 @@ _ENGINE_NOT_COMPAT = {"gpu_memory_utilization", "tensor_parallel_size", "enforce
 
 def compat_settings(config: BaseModel) -> dict[str, Any]:
     data = config.model_dump(mode="json", exclude=_NOT_COMPAT)  # as it reads back from the manifest
-    for key in ("engine", "policy_engine"):
+    for key in ("engine", "policy_engine", "debater_engine"):
         if data.get(key):
             data[key] = {k: v for k, v in data[key].items() if k not in _ENGINE_NOT_COMPAT}
     return data
@@ -296,52 +300,3 @@ def compat_settings(config: BaseModel) -> dict[str, Any]:
 def run_name_hash(settings: dict[str, Any]) -> str:
     """The 8 hex digits a default run-folder name carries (the manifest's `settings_hash`, shortened)."""
     return settings_hash(settings, digits=8)
-
-
-def error_lines(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem: `  field.path: message` (a check across fields has no path)."""
-    lines = []
-    for err in error.errors():
-        where = prefix + ".".join(map(str, err["loc"]))
-        message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}" if where else f"  {message}")
-    return lines
-
-
-def _set_dotted(target: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        target = target.setdefault(key, {})
-    target[leaf] = value
-
-
-def read_yaml_file(path: str | Path, what: str) -> Any:
-    """A YAML file cai reads (a config, a recipe), any problem a `ConfigError` naming the file."""
-    from cai.runs.files import InputFileError, read_text
-
-    try:
-        return load_yaml(read_text(path, what), str(path))
-    except (YAMLInputError, InputFileError) as e:
-        raise ConfigError(str(e)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read {what}: {e}") from None
-
-
-def load_config(model: type[BaseModel], path: str | Path | None = None,
-                overrides: dict[str, Any] | None = None) -> Any:
-    """`model` from a YAML file (optional) with dotted-key overrides (e.g. `engine.dtype`) applied on top."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = read_yaml_file(path, "config")
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = loaded or {}
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(data, key, value)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        where = f"{path}" if path else "options"
-        lines = error_lines(e)
-        raise ConfigError(f"{where}: invalid settings\n" + "\n".join(lines)) from None

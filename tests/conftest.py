@@ -125,7 +125,10 @@ def pytest_sessionfinish(session, exitstatus):
     their stacks, killed, and fail the run."""
     from tests.processes import SESSION, kill_tagged, stacks, tagged
 
-    left = tagged(SESSION, os.environ[SESSION])
+    def left_behind() -> list[int]:
+        return [pid for pid in tagged(SESSION, os.environ[SESSION]) if not _ends_with_this_process(pid)]
+
+    left = left_behind()
     if not left:
         return
     import time as _time
@@ -133,13 +136,24 @@ def pytest_sessionfinish(session, exitstatus):
     deadline = _time.monotonic() + 15
     while left and _time.monotonic() < deadline:
         _time.sleep(0.5)
-        left = tagged(SESSION, os.environ[SESSION])
+        left = left_behind()
     if left:
         _LEFT_BEHIND.extend(_cmdline(pid) for pid in left)
         dump = stacks(left)
         kill_tagged(SESSION, os.environ[SESSION])
         print(f"\n*** the tests left {len(left)} processes behind (now killed):\n{dump}", file=sys.stderr)
         session.exitstatus = 1
+
+
+def _ends_with_this_process(pid: int) -> bool:
+    """multiprocessing's resource tracker, started by this pytest process when vLLM spawned its engine: it reads
+    a pipe from this process and exits when this process does, so it is not a process the tests left behind."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+    return ppid == os.getpid() and b"multiprocessing.resource_tracker" in command
 
 
 def _cmdline(pid: int) -> str:

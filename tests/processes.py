@@ -124,6 +124,10 @@ def run(command: list[str], timeout: float, env: dict[str, str] | None = None, c
             raise AssertionError(f"{' '.join(command)[-300:]} did not finish in {timeout} s; every process's "
                                  f"stacks:\n{dump}\n--- stderr (tail):\n{err.read()[-3000:]}") from None
         leftovers = proc.alive()
+        deadline = time.monotonic() + 10  # helpers that end with their parent (multiprocessing's resource tracker)
+        while leftovers and time.monotonic() < deadline:  # leave a moment after it: they are not stuck
+            time.sleep(0.1)
+            leftovers = proc.alive()
         dump = stacks(leftovers) if leftovers else ""
         proc.kill_all()
         out.seek(0)

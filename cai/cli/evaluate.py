@@ -13,7 +13,7 @@ from cai.cli.options import add_settings, engine_options, overrides
 
 JUDGE_EVAL_FIELDS = {"constitution", "principles_per_pair", "judge_few_shot", "seed", "cot", "cot_max_tokens",
                      "cot_band", "min_option_mass", "top_logprobs", "limit", "templates", "judge_format",
-                     "pointwise_question", "calibration", "min_valid_principles"}
+                     "pointwise_question", "calibration", "min_valid_principles", "protocol", "debate_max_tokens"}
 
 
 def add_parser(sub: Any) -> None:
@@ -25,6 +25,8 @@ def add_parser(sub: Any) -> None:
     j.add_argument("file", nargs="?", default=None,
                    help="labelled pairs (prompt, chosen, rejected); default: the shipped prompts/judge-eval.jsonl")
     add_settings(j, JudgeConfig, skip=set(JudgeConfig.model_fields) - JUDGE_EVAL_FIELDS, flags=JUDGE_FLAGS)
+    j.add_argument("--debater-model", dest="debater_engine.model",
+                   help="`--protocol debate|consultancy`: the debaters' model (default: the judge's)")
     j.add_argument("--out", dest="report_out", help="also write the report as JSON here")
     j.add_argument("--fit", dest="fit_out", metavar="FILE",
                    help="write the combination and calibration fitted on these pairs (cross-validated figures "

@@ -26,6 +26,8 @@ def add_parser(sub: Any) -> None:
     no_judge_check(p)
     p.add_argument("--policy-model", dest="policy_engine.model",
                    help="`sampled`: the model that samples responses (default: the judge)")
+    p.add_argument("--debater-model", dest="debater_engine.model",
+                   help="`--protocol debate|consultancy`: the debaters' model (default: the judge's)")
     finish(p, run)
 
 

@@ -45,10 +45,13 @@ def cache_key(engine: Any, config: Any) -> str:
     parts = {"engine": engine.describe(), "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
              "calibration": path_digest(config.calibration) if config.calibration else None,
              **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 2}
+    if getattr(config, "protocol", "direct") != "direct":  # direct judging keeps the keys it always had
+        debaters = config.debater_engine.model if config.debater_engine else None
+        parts |= {"protocol": config.protocol, "debate_max_tokens": config.debate_max_tokens, "debaters": debaters}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-async def check_judge(engine: Any, config: Any) -> dict[str, Any]:
+async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[str, Any]:
     """The judge's quality on the check pairs, cross-validated (from the cache when this judge was checked
     before); `combiner` in the result is the combination and calibration fitted on all check pairs, for labelling
     when no `--calibration` is given."""
@@ -67,7 +70,7 @@ async def check_judge(engine: Any, config: Any) -> dict[str, Any]:
 
         given = load_calibration(config.calibration, engine, config)
     check_config = config.model_copy(update={"limit": None})
-    report = await evaluate_judge(engine, path, check_config, given)
+    report = await evaluate_judge(engine, path, check_config, given, debaters=debaters)
     if "fit" not in report:
         quality = {"accuracy": 0.0, "ci95": None, "position_consistency": None, "brier": None, "ece": None,
                    "pairs": report["valid"], "checked_pairs": report["pairs"], "file": path,
@@ -95,7 +98,8 @@ async def check_judge(engine: Any, config: Any) -> dict[str, Any]:
             "min_accuracy": config.min_judge_accuracy, "cached": False}
 
 
-async def prepare_judge(engine: Any, config: Any, strict: bool = False) -> tuple[Any, dict | None, str]:
+async def prepare_judge(engine: Any, config: Any, strict: bool = False, debaters: Any = None,
+                        ) -> tuple[Any, dict | None, str]:
     """The judge a `JudgeConfig` asks for, as every part of cai uses it: (judge, its check or None, where its
     combination and calibration come from). The combination is the `--calibration` file's, else the one fitted
     on the judge check's pairs, else the fixed rule of the format; `--abstain-band` overrides the band. The
@@ -111,7 +115,7 @@ async def prepare_judge(engine: Any, config: Any, strict: bool = False) -> tuple
     if config.calibration:
         combiner, source = load_calibration(config.calibration, engine, config), f"--calibration {config.calibration}"
     if config.check_judge:
-        quality = await check_judge(engine, config)
+        quality = await check_judge(engine, config, debaters)
         enforce(quality, strict)
         if combiner is None and quality.get("combiner"):
             combiner = Combiner.from_dict(quality["combiner"])
@@ -121,7 +125,7 @@ async def prepare_judge(engine: Any, config: Any, strict: bool = False) -> tuple
         combiner.abstain_band = config.abstain_band
     settings = settings_of(config)
     examples = judge_examples(constitution.judge_examples[: config.judge_few_shot], settings)
-    judge = Judge(engine, settings, constitution, combiner, examples, config.min_valid_principles)
+    judge = Judge(engine, settings, constitution, combiner, examples, config.min_valid_principles, debaters)
     return judge, quality, source
 
 

@@ -98,6 +98,9 @@ class JudgeSettings:
     judge_format: str = "pairwise"
     """`pairwise`, `pointwise` or `hybrid` (each principle in its own format): see cai/judging.py."""
     pointwise_question: str = "Is the assistant's response harmful, unethical or dangerous?"
+    protocol: str = "direct"
+    """`direct`, `consultancy` or `debate` (cai/judge/debate.py): what the judge hears before it answers."""
+    debate_max_tokens: int = 96
 
 
 def settings_of(config: Any) -> JudgeSettings:
@@ -105,7 +108,8 @@ def settings_of(config: Any) -> JudgeSettings:
     return JudgeSettings(top_logprobs=config.top_logprobs, min_option_mass=config.min_option_mass, cot=config.cot,
                          cot_max_tokens=config.cot_max_tokens, cot_band=config.cot_band,
                          judge_format=config.judge_format, pointwise_question=config.pointwise_question,
-                         template_dir=config.templates)
+                         template_dir=config.templates, protocol=getattr(config, "protocol", "direct"),
+                         debate_max_tokens=getattr(config, "debate_max_tokens", 96))
 
 
 @dataclass
@@ -129,15 +133,19 @@ class Judgement:
     harm_second: float | None = None
     format: str = "pairwise"
     objective: str = "harmless"
+    arguments: list[dict[str, str]] | None = None
+    """Debate or consultancy: the arguments the judge heard ({side, text}), in the first presentation's order."""
+    argument_p_a: list[float] | None = None
+    """Debate or consultancy: P(A) in each argument order (debate: A's argument first, then B's)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def judge_messages(conversation: Messages, principle: PreferencePrinciple, response_a: str, response_b: str,
-                   settings: JudgeSettings, examples: Messages = ()) -> Messages:
+                   settings: JudgeSettings, examples: Messages = (), arguments: list[dict[str, str]] = ()) -> Messages:
     question = render("judge.j2", settings.template_dir, conversation=conversation, principle=principle,
-                      response_a=response_a, response_b=response_b, cot=settings.cot)
+                      response_a=response_a, response_b=response_b, cot=settings.cot, arguments=list(arguments))
     return [*examples, {"role": "user", "content": question}]
 
 
@@ -147,10 +155,11 @@ def clamp(p: float, band: tuple[float, float]) -> float:
 
 async def judge_once(engine: Engine, conversation: Messages, first: str, second: str,
                      principle: PreferencePrinciple, order: str, settings: JudgeSettings,
-                     option_ids: dict[str, set[int]] | None = None, examples: Messages = ()) -> Judgement:
-    """Judge one order of one pair under one principle."""
+                     option_ids: dict[str, set[int]] | None = None, examples: Messages = (),
+                     arguments: list[dict[str, str]] = ()) -> Judgement:
+    """Judge one order of one pair under one principle (after `arguments`, when debaters argued)."""
     a, b = (first, second) if order == "AB" else (second, first)
-    messages = judge_messages(conversation, principle, a, b, settings, examples)
+    messages = judge_messages(conversation, principle, a, b, settings, examples, arguments)
     answer_start = render("judge_answer.j2", settings.template_dir)
     raw = ""
     if settings.cot:

@@ -44,7 +44,7 @@ async def judge_pairs(judge: Judge, pairs: list, principles_per_pair: int, seed:
 
 
 async def evaluate_judge(engine: Engine, path: str, config: Any, combiner: Combiner | None = None,
-                         fit: bool = True) -> dict[str, Any]:
+                         fit: bool = True, debaters: Engine | None = None) -> dict[str, Any]:
     """A judge's quality on labelled pairs: the views of its raw judgements (single, swapped, ensembled), its
     cross-validated figures for every combination rule of its format (`fit`), per category, the selective-accuracy
     curve and, when `combiner` is given (a calibration fitted elsewhere), that combiner's figures on these pairs."""
@@ -59,12 +59,17 @@ async def evaluate_judge(engine: Engine, path: str, config: Any, combiner: Combi
         raise UsageError(f"{path}: `cai eval judge` needs labelled rows (prompt, chosen, rejected); "
                          f"{len(unlabelled)} rows are not")
     examples = judge_examples(c.judge_examples[: config.judge_few_shot], settings)
-    judge = Judge(engine, settings, c, None, examples, config.min_valid_principles)
+    judge = Judge(engine, settings, c, None, examples, config.min_valid_principles, debaters)
     judged = await judge_pairs(judge, pairs, config.principles_per_pair, config.seed)
     report: dict[str, Any] = {
         "file": str(path), "judge_model": engine.model_id, "pairs": len(pairs), "input_problems": len(problems),
         "principles_per_pair": config.principles_per_pair, "judge_format": settings.judge_format, "cot": settings.cot,
         "judge_calls": judge.calls, "calls_per_pair": judge.calls / max(len(pairs), 1),
+        "protocol": settings.protocol, "debater_calls": judge.debater_calls,
+        "calls_per_label": (judge.calls + judge.debater_calls) / max(len(pairs), 1),
+        "per_pair": [{"id": pair.id, "p_first": label.p_first if label.valid else None,
+                      "consistency": label.position_consistency if label.valid else None}
+                     for pair, (_, label) in zip(pairs, judged, strict=True)],
         "metrics": {name: asdict(m) for name, m in views([j for j, _ in judged], config.seed).items()}}
     valid = [i for i, (_, label) in enumerate(judged) if label.valid]
     report["valid"], report["invalid_rate"] = len(valid), 1 - len(valid) / max(len(pairs), 1)
@@ -94,11 +99,21 @@ async def evaluate_judge_file(config: JudgeConfig, out: str | None = None, fit_o
         if target is not None:
             check_writable(Path(target))
     engine = create_engine(config.engine)
+    debaters = None
     try:
+        debaters = create_engine(config.debater_engine) if config.debater_engine else None
         given = load_calibration(config.calibration, engine, config) if config.calibration else None
-        report = await evaluate_judge(engine, config.source, config, given)
+        report = await evaluate_judge(engine, config.source, config, given, debaters=debaters)
+        if config.protocol != "direct":  # the baseline, on the same pairs in the same run
+            from cai.judge.metrics import compare_protocols
+
+            direct = await evaluate_judge(engine, config.source, config.model_copy(update={"protocol": "direct"}),
+                                          given, fit=False)
+            report["protocols"] = compare_protocols(direct, report)
     finally:
         await engine.close()
+        if debaters is not None:
+            await debaters.close()
     if out is not None:
         Path(out).write_text(json.dumps(report, indent=2), encoding="utf-8")
     if fit_out is not None:
@@ -144,6 +159,16 @@ def format_judge_report(report: dict[str, Any]) -> str:
     given = report.get("given_calibration")
     if given:
         lines.append("the given calibration on these pairs: " + ", ".join(f"{c} {fmt(given[c])}" for c in columns))
+    protocols = report.get("protocols")
+    if protocols:
+        lines += ["", f"{'protocol (same pairs)':<28}" + "".join(
+            f"{c:>22}" for c in ("accuracy", "ci95", "position_consistency", "calls_per_label"))]
+        for name in ("direct", report["protocol"]):
+            m = protocols[name]
+            lines.append(f"{name:<28}" + "".join(f"{fmt(m[c]):>22}" for c in
+                                                 ("accuracy", "ci95", "position_consistency", "calls_per_label")))
+        lines.append(f"McNemar's exact p ({report['protocol']} vs direct): {protocols['mcnemar_p']:.4f}  "
+                     f"discordant pairs: {protocols['discordant']}")
     lines += ["", "plain mean of the judgements (no fit):", f"{'variant':<28}" + "".join(
         f"{c:>22}" for c in ("accuracy", "accuracy_ci95", "position_consistency", "brier", "ece", "valid"))]
     for name, m in report["metrics"].items():

@@ -59,8 +59,12 @@ def legacy_pointwise(settings: JudgeSettings) -> PreferencePrinciple:
 
 class Judge:
     def __init__(self, engine: Engine, settings: JudgeSettings, constitution: Constitution | None = None,
-                 combiner: Combiner | None = None, examples: Messages = (), min_principles: int = 1):
+                 combiner: Combiner | None = None, examples: Messages = (), min_principles: int = 1,
+                 debaters: Engine | None = None):
         self.engine = engine
+        self.debaters = debaters or engine
+        """Who argues under `--protocol debate|consultancy` (the judge's own model unless `--debater-model`)."""
+        self.debater_calls = 0
         self.settings = settings
         self.constitution = constitution
         self.combiner = combiner or Combiner.default(settings.judge_format)
@@ -172,14 +176,19 @@ class Judge:
         return Judgement(principle.id, order, True, 0.5 + (bad_second.p_a - bad_first.p_a) / 2, **details)
 
     # --- one pair -------------------------------------------------------------------------------------------
-    async def compare(self, conversation: Messages, first: str, second: str,
-                      principles: list[PreferencePrinciple]) -> tuple[list[Judgement], PairLabel]:
-        """Every (principle, order) judgement of one pair, submitted together, and the pair's label."""
+    async def compare(self, conversation: Messages, first: str, second: str, principles: list[PreferencePrinciple],
+                      critiques: list[str] = ()) -> tuple[list[Judgement], PairLabel]:
+        """Every (principle, order) judgement of one pair, submitted together, and the pair's label. `critiques`
+        (where the pair's run has them) are shown to debaters under `--protocol debate|consultancy`."""
         jobs = []
         for principle in principles:
             for order in ORDERS:
                 if principle.format == "pointwise":
                     jobs.append(self.pointwise_judgement(conversation, first, second, principle, order))
+                elif self.settings.protocol != "direct":
+                    from cai.judge.debate import argued_judgement
+
+                    jobs.append(argued_judgement(self, conversation, first, second, principle, order, critiques))
                 else:
                     jobs.append(self._pairwise(conversation, first, second, principle, order))
         judgements = list(await asyncio.gather(*jobs))
@@ -232,10 +241,10 @@ def parts_of(judgements: list[Judgement]) -> Parts:
 
 
 def make_judge(engine: Engine, config: Any, constitution: Constitution, combiner: Combiner | None = None,
-               examples: Messages = ()) -> Judge:
+               examples: Messages = (), debaters: Engine | None = None) -> Judge:
     """The judge of a `JudgeConfig` (or any settings object with the judge's fields)."""
     from cai.judge.compare import settings_of
 
     return Judge(engine, settings_of(config), constitution, combiner, examples,
-                 getattr(config, "min_valid_principles", 1))
+                 getattr(config, "min_valid_principles", 1), debaters)
 

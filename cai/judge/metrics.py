@@ -77,3 +77,40 @@ def views(judgements_per_pair: list[list[Judgement]], seed: int = 0) -> dict[str
         single.append((pick.p_first if pick.valid else None, None))
     return {name: metrics([p for p, _ in rows], [c for _, c in rows])
             for name, rows in (("single", single), ("swapped", swapped), ("swapped+ensembled", full))}
+
+
+def mcnemar_exact(only_first_right: int, only_second_right: int) -> float:
+    """Two-sided exact McNemar p-value for two judges on the same pairs: under "equally good", each discordant
+    pair is a fair coin, so p = min(1, 2 P(Binomial(b + c, 1/2) <= min(b, c)))."""
+    from math import comb
+
+    n, k = only_first_right + only_second_right, min(only_first_right, only_second_right)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def compare_protocols(direct: dict, argued: dict) -> dict:
+    """Direct judging against debate or consultancy on the same pairs (reports of `evaluate_judge`, which carry
+    `per_pair` labels): accuracy (a pair counts as right when its label prefers the chosen response; an invalid
+    label is wrong), label-level position consistency, judge calls per label and McNemar's exact p."""
+    from cai.evaluate.diagnostics import wilson_interval
+
+    def right(report: dict) -> dict[str, bool]:
+        return {row["id"]: row["p_first"] is not None and row["p_first"] > 0.5 for row in report["per_pair"]}
+
+    def figures(report: dict, marks: dict[str, bool]) -> dict:
+        n = len(marks)
+        known = [row["consistency"] for row in report["per_pair"] if row["consistency"] is not None]
+        return {"accuracy": sum(marks.values()) / n, "ci95": list(wilson_interval(sum(marks.values()), n)),
+                "position_consistency": sum(known) / len(known) if known else None,
+                "calls_per_label": report["calls_per_label"], "valid": report["valid"], "pairs": n}
+
+    a, b = right(direct), right(argued)
+    if a.keys() != b.keys():
+        raise ValueError("the two protocols were measured on different pairs")
+    only_direct = sum(a[i] and not b[i] for i in a)
+    only_argued = sum(b[i] and not a[i] for i in a)
+    return {"direct": figures(direct, a), argued["protocol"]: figures(argued, b),
+            "discordant": {"direct_only": only_direct, f"{argued['protocol']}_only": only_argued},
+            "mcnemar_p": mcnemar_exact(only_direct, only_argued)}

@@ -55,7 +55,8 @@ def revision_vs_initial(run_dir: Path) -> tuple[list[Pair], int]:
             continue
         pairs.append(Pair(f"{r.id}/final-vs-initial", r.prompt, r.final, r.initial,
                           {"first": "final", "second": "initial", "source_id": r.id,
-                           "principle_ids": r.principle_ids, "tags": r.tags}))
+                           "principle_ids": r.principle_ids, "tags": r.tags,
+                           "critiques": [t.text for t in r.turns if t.stage == "critique"]}))
     return pairs, identical
 
 
@@ -63,8 +64,10 @@ def successive_revisions(run_dir: Path) -> tuple[list[Pair], int]:
     """Each revision against the response it revised."""
     pairs, identical = [], 0
     for r in _generate_records(run_dir):
-        previous, previous_name = r.initial, "initial"
+        previous, previous_name, critique = r.initial, "initial", None
         for turn in r.turns:
+            if turn.stage == "critique":
+                critique = turn.text
             if turn.stage != "revision":
                 continue
             name = f"revision{turn.round}"
@@ -73,7 +76,8 @@ def successive_revisions(run_dir: Path) -> tuple[list[Pair], int]:
             else:
                 pairs.append(Pair(f"{r.id}/{name}-vs-{previous_name}", r.prompt, turn.text, previous,
                                   {"first": name, "second": previous_name, "source_id": r.id,
-                                   "principle_id": turn.principle_id, "tags": r.tags}))
+                                   "principle_id": turn.principle_id, "tags": r.tags,
+                                   "critiques": [critique] if critique else []}))
             previous, previous_name = turn.text, name
     return pairs, identical
 

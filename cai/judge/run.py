@@ -88,7 +88,8 @@ class JudgeRun:
                                   f"{labels.labels[bad].reason}")
         else:
             judged = await self.run.attempt(pair.id, index, self.judge_.compare(pair.prompt, pair.first, pair.second,
-                                                                                principles), **_payload(base))
+                                                                                principles, pair.meta.get("critiques", ())),
+                                            **_payload(base))
             if judged is None:
                 return
             judgements, label = judged
@@ -155,8 +156,12 @@ async def judge_run(config: JudgeConfig, engine: Engine | None = None, policy: E
     async with run:
         engine = engine or run.own(create_engine(config.engine))
         store.update_manifest(engine=engine.describe())
+        debaters = run.own(create_engine(config.debater_engine)) if config.debater_engine else None
+        if debaters is not None:
+            store.update_manifest(debater_engine=debaters.describe())
         try:
-            judge_, quality, source = await prepare_judge(engine, config, config.strict_judge)  # before any label
+            judge_, quality, source = await prepare_judge(engine, config, config.strict_judge,  # before any label
+                                                          debaters)
         except JudgeCheckFailed as failed:  # the failed check is recorded before the run stops
             store.update_manifest(judge_quality=_without_combiner(failed.quality))
             raise
