@@ -348,19 +348,24 @@ def test_prompt_rows_with_nested_json_or_bad_tags_are_error_records(tmp_path):
     ([{"prompt": [{"role": "user", "content": 5}], "chosen": "yes", "rejected": "no", "p_chosen": 0.7}],
      "with text content"),
 ])
-def test_bad_training_rows_are_refused_before_the_weights_load(tmp_path, rows, message):
+def test_bad_training_rows_are_refused_before_the_weights_load(tmp_path, rows, message, capsys):
+    """In this process (`cai.cli.main`, as the command runs it): the exit code and the one line on stderr."""
+    from cai.cli import main
+
     model = tiny_model_folder(tmp_path / "m")
     (model / "model.safetensors").write_bytes(b"not weights")  # loading these would fail: the data must fail first
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    done = cai("train", "dpo", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o"),
-               "--loss-type", "soft")
-    assert done.returncode == 2 and message in done.stderr, done.stderr[-800:]
-    assert "cannot load model" not in done.stderr
-    deep = tmp_path / "deep.jsonl"
-    deep.write_text(DEEP + "\n")
-    done = cai("train", "dpo", "--model", str(model), "--data", str(deep), "--out", str(tmp_path / "o"))
-    assert done.returncode == 2 and "nested too deeply" in done.stderr
+    code = main(["train", "dpo", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--loss-type", "soft", "--no-progress"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr, stderr[-800:]
+    assert "cannot load model" not in stderr
+    if message.startswith("p_chosen"):  # once: deeply nested JSON is refused the same way
+        deep = tmp_path / "deep.jsonl"
+        deep.write_text(DEEP + "\n")
+        code = main(["train", "dpo", "--model", str(model), "--data", str(deep), "--out", str(tmp_path / "o")])
+        assert code == 2 and "nested too deeply" in capsys.readouterr().err
 
 
 def test_judge_reads_its_pairs_before_any_engine_or_folder(tmp_path):

@@ -154,8 +154,14 @@ def _params(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_random_sigkills_then_resume_match_an_uninterrupted_run(pairs_file, tmp_path):
     """Killed on events (at start-up once the manifest is written, then in the middle of writing the step-4
-    checkpoint), resumed each time with --resume: the same kills land on a slow or a fast machine."""
-    base = [sys.executable, "-m", "cai", "train", "dpo", "--data", str(pairs_file), "--batch-size", "2",
+    checkpoint), resumed each time with --resume: the same kills land on a slow or a fast machine. A random
+    12M-parameter Llama (its checkpoint, with AdamW's state, is about 140 MB: long enough to be caught mid-write)
+    keeps each of the four starts to seconds; what is tested is the trainer's resume, not the model."""
+    from tests.tiny import save, tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = save(tiny_causal_lm(tok, hidden_size=1024), tok, tmp_path / "model")
+    base = [sys.executable, "-m", "cai", "train", "dpo", "--model", model, "--data", str(pairs_file), "--batch-size", "2",
             "--max-steps", "6", "--save-steps", "2", "--save-total-limit", "1", "--learning-rate", "5e-5",
             "--max-length", "96", "--max-prompt-length", "32", "--no-progress"]
     straight = run_command(base + ["--out", str(tmp_path / "a")], timeout=600)

@@ -92,3 +92,13 @@ def test_the_report_draws_the_w2s_bars_with_the_files_numbers(setup, tmp_path):
     assert "Weak-to-strong" in page and (out / "report" / "w2s.png").stat().st_size > 1000
     for arm in ("weak", "w2s-xent", "ceiling"):
         assert f"<td>{arm}</td><td>{report['accuracy'][arm]['accuracy']:.2f}</td>" in page
+
+
+def test_bad_models_are_refused_before_anything_loads_or_is_written(setup, tmp_path):
+    root, student, weak, truth = setup
+    with pytest.raises(UsageError) as refused:
+        asyncio.run(run_w2s(W2SConfig(out=str(tmp_path / "o"), truth=str(truth), student=str(tmp_path / "none"),
+                                      weak_reward_model=student)))
+    message = str(refused.value)
+    assert "--student" in message and "--weak-reward-model" in message and "not a reward model" in message
+    assert not (tmp_path / "o").exists()

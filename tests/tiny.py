@@ -39,22 +39,24 @@ def tiny_tokenizer(pad_is_eos: bool = False):
     return tok
 
 
-def _config(tok, attention_dropout: float, **extra):
+def _config(tok, attention_dropout: float, hidden_size: int = 32, **extra):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    return LlamaConfig(vocab_size=len(WORDS), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                       num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                        attention_dropout=attention_dropout, bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
                        **extra)
 
 
-def tiny_causal_lm(tok, attention_dropout: float = 0.0, seed: int = 0):
+def tiny_causal_lm(tok, attention_dropout: float = 0.0, seed: int = 0, hidden_size: int = 32):
+    """hidden_size 32: a few thousand parameters; 1024: about 12M, for checkpoints that take a moment to write."""
     import torch
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    return LlamaForCausalLM(_config(tok, attention_dropout)).eval()
+    return LlamaForCausalLM(_config(tok, attention_dropout, hidden_size)).eval()
 
 
 def tiny_reward_model(tok, attention_dropout: float = 0.0, seed: int = 0):

@@ -122,19 +122,18 @@ def fingerprint(config: W2SConfig, rows: list[dict[str, Any]]) -> str:
 
 
 def check(config: W2SConfig) -> None:
-    """The models, files and the output folder, before any model loads."""
-    from cai.models import resolve_model
+    """The models, the calibration file and the output folder, before any model loads."""
+    from cai.runs.preflight import check_model, check_scorer
 
-    for name in ("student", "weak_reward_model"):
-        value = getattr(config, name)
-        if value and not Path(value).exists() and "/" not in value:
-            raise UsageError(f"--{name.replace('_', '-')} {value}: no such model folder")
+    problems = [check_model(config.student, "--student"), check_model(config.engine.model, "--model"),
+                check_scorer(config.weak_reward_model, "--weak-reward-model")]
     if config.calibration and not Path(config.calibration).is_file():
-        raise UsageError(f"--calibration {config.calibration}: no such file")
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
-    resolve_model(config.student)
+        problems.append(f"--calibration {config.calibration}: no such file")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        problems.append(f"--out {config.out} is a file; give a folder")
+    problems = [p for p in problems if p]
+    if problems:
+        raise UsageError("cannot measure weak-to-strong:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def open_folder(config: W2SConfig, rows: list[dict[str, Any]]) -> Path:
