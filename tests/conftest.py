@@ -60,8 +60,9 @@ def start_vllm_server(port: int, name: str = "smollm2") -> subprocess.Popen:
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(None),
                "--served-model-name", name, "--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1",
                "--port", str(port), "--max-model-len", str(TEST_ENGINE["max_model_len"]),
-               "--gpu-memory-utilization", str(TEST_ENGINE["gpu_memory_utilization"]), "--max-logprobs", "20"]
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+               "--gpu-memory-utilization", str(TEST_ENGINE["gpu_memory_utilization"]), "--max-logprobs", "20",
+               "--distributed-executor-backend", "uni"]  # the model in the engine process, as cai's engine runs it
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     return subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
