@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 
 def config(setup, out, **extra):
     root, student, weak, truth = setup
-    settings = {"seeds": 2, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64,
+    settings = {"seeds": 2, "epochs": 1, "loss": "xent,logconf", "batch_size": 4, "learning_rate": 1e-3, "max_length": 64,
                 "max_prompt_length": 32, "bootstrap": 200, "progress": False, **extra}
     return W2SConfig(out=str(out), truth=str(truth), student=student, weak_reward_model=weak, **settings)
 
