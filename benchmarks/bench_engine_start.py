@@ -39,7 +39,7 @@ def one_try(prompts: int) -> dict:
         outs = await asyncio.gather(*(engine.generate(c, Sampling(max_tokens=64, temperature=0.7)) for c in chats))
         sampled = sum(o.completion_tokens for o in outs) / (time.monotonic() - t0)
         long_chats = [c[:-1] + [{**c[-1], "content": c[-1]["content"] + " " + o.text + "\nIs this harmful? Yes or No."}]
-                      for c, o in zip(chats, outs)]
+                      for c, o in zip(chats, outs, strict=True)]
         t1 = time.monotonic()
         scored = await asyncio.gather(*(engine.generate(c, Sampling(max_tokens=1, temperature=0.0, logprobs=5))
                                         for c in long_chats))

@@ -9,6 +9,7 @@ recipe, or the base model.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cai.engines import Engine, is_embedded_default
@@ -97,8 +98,11 @@ async def run_trainer(p: Any, config: Any, engine: Engine | None, progress: bool
     from cai.train.outputs import task_of
     from cai.train.run import run_training
 
-    # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it
-    run_training(task_of(config), config.model_copy(update={"progress": progress, "overwrite": True}))
+    # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it. Training runs
+    # in a worker thread: trainers drive their own event loops (grpo's reward judge, ppo's evaluation judge, vLLM
+    # rollouts), which cannot start inside the pipeline's running one.
+    await asyncio.to_thread(run_training, task_of(config),
+                            config.model_copy(update={"progress": progress, "overwrite": True}))
 
 
 async def run_online(p: Any, config: Any, engine: Engine | None, progress: bool) -> None:

@@ -151,3 +151,27 @@ def test_unknown_principle_weights_are_refused():
 def test_the_reward_is_awaitable_for_async_trainers():
     reward, _ = scripted_reward()
     assert asyncio.run(reward.async_call(["q"], ["a"])) == reward(["q"], ["a"])
+
+
+def test_a_pipeline_trainer_may_run_its_own_event_loop(monkeypatch):
+    """`cai run` drives stages from a running event loop; a trainer whose reward, evaluation judge or vLLM
+    rollouts run their own loop (grpo, ppo) must not find that loop running (the shipped quickstart-grpo recipe
+    crashed so). A stand-in for `run_training` (pure logic) does what those trainers do."""
+    import cai.train.run
+    from cai.stages import run_trainer
+    from cai.train.rl_config import GRPOConfig
+
+    seen = []
+
+    def trainer_with_its_own_loop(task, config):
+        loop = asyncio.new_event_loop()
+        try:
+            seen.append((task, loop.run_until_complete(asyncio.sleep(0, result="scored")), config.progress))
+        finally:
+            loop.close()
+        return {"loss": 0.0}
+
+    monkeypatch.setattr(cai.train.run, "run_training", trainer_with_its_own_loop)
+    config = GRPOConfig(data="red-team", out="unused")
+    asyncio.run(run_trainer(None, config, None, False))
+    assert seen == [("grpo", "scored", False)]

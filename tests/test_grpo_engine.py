@@ -73,14 +73,18 @@ def test_trls_grpo_trainer_trains_with_the_constitution_reward(engine, loop, tmp
     assert all(0.0 <= s <= 1.0 for _, _, scores in reward.calls for s in scores)
 
 
-def test_cai_train_grpo_runs_on_the_embedded_model_with_the_constitution_reward(tmp_path):
-    out = tmp_path / "grpo"
-    done = run_command([sys.executable, "-m", "cai", "train", "grpo", "--data", "red-team", "--limit", "8",
-                        "--out", str(out), "--rollout-batch-size", "4", "--num-generations", "2", "--batch-size",
-                        "4", "--max-new-tokens", "8", "--max-steps", "1", "--eval-fraction", "0",
-                        "--no-judge-check", "--judge-gpu-memory-utilization", "0.1", "--no-progress"],
-                       timeout=600, cwd=REPO)
+def test_a_grpo_recipe_runs_on_the_embedded_model_with_the_constitution_reward(tmp_path):
+    """Through `cai run` (the stage path the shipped quickstart-grpo recipe takes: the pipeline's event loop is
+    running while the reward's judge starts its own), at a test's size."""
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(json.dumps({
+        "name": "tiny-grpo", "output_dir": str(tmp_path), "stages": ["grpo"],
+        "grpo": {"data": "red-team", "limit": 8, "rollout_batch_size": 4, "num_generations": 2, "batch_size": 4,
+                 "max_new_tokens": 8, "max_steps": 1, "eval_fraction": 0, "judge_check": False,
+                 "judge_gpu_memory_utilization": 0.1}}))
+    done = run_command([sys.executable, "-m", "cai", "run", str(recipe), "--no-progress"], timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "tiny-grpo" / "grpo"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in rows if r["step"] == 1)
     assert 0.0 <= step["reward/mean"] <= 1.0 and step["reward/constitution"] == pytest.approx(step["reward/mean"])
