@@ -121,3 +121,26 @@ def test_a_combiner_round_trips_through_json():
     c = Combiner(rule="logistic", weights={"harm": 1.5, "help": 0.5, "pair": 0.25},
                  calibration=Calibration("temperature", a=0.5), abstain_band=0.1)
     assert Combiner.from_dict(c.to_dict()) == c
+
+
+def test_the_judge_check_cache_ignores_engine_settings_that_do_not_change_a_judgement():
+    """The same model judged with another KV-cache share or executor gives the same log-probabilities: the check is
+    reused (a grpo reward judge at 0.15 of memory and the eval stage's at 0.3 used to check twice, ~11 min each at
+    4 principles). Anything that changes the numbers (model, dtype, context length) still keys a new check.
+    The engines are stand-ins with only `describe()` (pure logic)."""
+    from cai.config import JudgeConfig
+    from cai.judge.check import cache_key
+
+    class Described:
+        def __init__(self, **settings):
+            self.settings = settings
+
+        def describe(self):
+            return {"backend": "vllm", "model": "m", "dtype": "float32", "max_model_len": 4096, **self.settings}
+
+    config = JudgeConfig(source="-")
+    base = cache_key(Described(gpu_memory_utilization=0.3, distributed_executor_backend="uni"), config)
+    assert cache_key(Described(gpu_memory_utilization=0.15), config) == base
+    assert cache_key(Described(gpu_memory_utilization=0.3, dtype="bfloat16"), config) != base
+    assert cache_key(Described(gpu_memory_utilization=0.3, max_model_len=2048), config) != base
+    assert cache_key(Described(gpu_memory_utilization=0.3, model="other"), config) != base

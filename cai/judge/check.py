@@ -37,12 +37,17 @@ def check_file(path: str | None) -> str:
     return path or str(data_dir("prompts") / "judge-eval.jsonl")
 
 
+# Engine settings that change memory or processes, not a judgement's numbers: a check made under one holds for all.
+NOT_JUDGEMENT_SETTINGS = ("gpu_memory_utilization", "distributed_executor_backend")
+
+
 def cache_key(engine: Any, config: Any) -> str:
     from cai.constitution import load_constitution
     from cai.runs.fingerprint import input_fingerprints, path_digest
 
     inputs = input_fingerprints(load_constitution(config.constitution), config.templates, None, config.engine.model)
-    parts = {"engine": engine.describe(), "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
+    described = {k: v for k, v in engine.describe().items() if k not in NOT_JUDGEMENT_SETTINGS}
+    parts = {"engine": described, "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
              "calibration": path_digest(config.calibration) if config.calibration else None,
              **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 2}
     if getattr(config, "protocol", "direct") != "direct":  # direct judging keeps the keys it always had
