@@ -10,6 +10,7 @@ recipe, or the base model.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from cai.engines import Engine, is_embedded_default
@@ -98,11 +99,37 @@ async def run_trainer(p: Any, config: Any, engine: Engine | None, progress: bool
     from cai.train.outputs import task_of
     from cai.train.run import run_training
 
-    # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it. Training runs
-    # in a worker thread: trainers drive their own event loops (grpo's reward judge, ppo's evaluation judge, vLLM
-    # rollouts), which cannot start inside the pipeline's running one.
-    await asyncio.to_thread(run_training, task_of(config),
-                            config.model_copy(update={"progress": progress, "overwrite": True}))
+    # the stage folder is the pipeline's own: a stage that reruns (its settings changed) replaces it
+    await in_daemon_thread(run_training, task_of(config),
+                           config.model_copy(update={"progress": progress, "overwrite": True}))
+
+
+async def in_daemon_thread(function: Any, *args: Any) -> Any:
+    """`function(*args)` on a thread of its own, awaited. Trainers drive their own event loops (grpo's reward judge,
+    ppo's evaluation judge, vLLM rollouts), which cannot start inside the pipeline's running one. A daemon thread,
+    not `asyncio.to_thread`: on Ctrl-C the command exits at once instead of waiting for training to finish (what
+    was checkpointed is kept, and the same command resumes)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def settle(setter: Any, value: Any) -> None:
+        if not done.done():
+            setter(value)
+
+    def target() -> None:
+        try:
+            result = function(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
+            outcome = (done.set_exception, e)
+        else:
+            outcome = (done.set_result, result)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop closed meanwhile (the command is exiting): nobody is waiting
+            pass
+
+    threading.Thread(target=target, name="cai-train", daemon=True).start()
+    return await done
 
 
 async def run_online(p: Any, config: Any, engine: Engine | None, progress: bool) -> None:

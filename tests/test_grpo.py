@@ -175,3 +175,10 @@ def test_a_pipeline_trainer_may_run_its_own_event_loop(monkeypatch):
     config = GRPOConfig(data="red-team", out="unused")
     asyncio.run(run_trainer(None, config, None, False))
     assert seen == [("grpo", "scored", False)]
+
+    def failing_trainer(task, config):
+        raise ValueError("no such data")
+
+    monkeypatch.setattr(cai.train.run, "run_training", failing_trainer)
+    with pytest.raises(ValueError, match="no such data"):  # a trainer's error reaches the pipeline unchanged
+        asyncio.run(run_trainer(None, config, None, False))
