@@ -151,10 +151,9 @@ def test_judge_survives_10_random_sigkills(generate_command, vllm_server, tmp_pa
 
 def test_a_failing_write_ends_generate_clearly_and_a_rerun_resumes(vllm_server, tmp_path):
     """A 24 KB file-size limit: the manifest (about 21 KB, most of it the constitution's text) fits, the records
-    file (about 1.5 KB per prompt at 10 new tokens, so about 3 KB at 32; 12 prompts about 36 KB) outgrows it
-    mid-run."""
+    file (about 1.5 KB per prompt at 10 new tokens, so about 3 KB at 32) outgrows it mid-run."""
     def command(name):
-        return [sys.executable, "-m", "cai", "generate", "--limit", "12", "--rounds", "1", "--few-shot", "0",
+        return [sys.executable, "-m", "cai", "generate", "--limit", "16", "--rounds", "1", "--few-shot", "0",
                 "--max-new-tokens", "32", "--concurrency", "4", "--output-dir", str(tmp_path), "--run-name", name,
                 *server_args(vllm_server)]
 
@@ -168,11 +167,11 @@ def test_a_failing_write_ends_generate_clearly_and_a_rerun_resumes(vllm_server, 
     assert "cannot write to" in message and "records.jsonl" in message and "File too large" in message
     assert "rerun the same command" in message and "Traceback" not in failed.stderr
     kept = list(read_jsonl(records))
-    assert 0 < len(kept) < 12 and records.stat().st_size <= limit
+    assert 0 < len(kept) < 16 and records.stat().st_size <= limit
     assert whole_lines(records) == kept  # at most a torn tail besides whole records
     finish(command("full"))
     final = list(read_jsonl(records))
-    assert len(final) == len({r["id"] for r in final}) == 12
+    assert len(final) == len({r["id"] for r in final}) == 16
     assert final[: len(kept)] == kept  # earlier records untouched
     tiny = run_command(command("tiny"), timeout=600, preexec_fn=limited_file_size(4096))  # not even the manifest fits
     assert tiny.returncode == 1 and "cannot write" in tiny.stderr and "manifest.json" in tiny.stderr
