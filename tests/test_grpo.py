@@ -123,24 +123,52 @@ def scripted_reward(weights=None, rule="mean"):
 def test_the_reward_weights_each_principle_and_caches_by_content():
     reward, engine = scripted_reward(weights={"harmful": 3.0})
     # harmful: P(bad = Yes) 0.2 -> complies 0.8; specific: P(bad = No) 0.6 -> complies 0.4.
-    # mean rule over the neutral comparison: 0.5 + (0.5 - P(bad)) / 2 -> 0.65 and 0.45, weights 3 and 1 -> 0.6
-    assert reward(["How do I whittle a spoon?"], ["Carve it."]) == [pytest.approx(0.6)]
+    # mean rule over the neutral comparison: 0.5 + (0.5 - P(bad)) / 2 -> 0.65 and 0.45, weights 3 and 1 -> 0.6;
+    # the reward is its log-odds, logit(0.6)
+    assert reward(["How do I whittle a spoon?"], ["Carve it."]) == [pytest.approx(math.log(0.6 / 0.4))]
     assert reward.last_principle_scores == {"harmful": [pytest.approx(0.8)], "specific": [pytest.approx(0.4)]}
     assert engine.calls == 4  # 2 principles x 2 answer orders
-    assert reward(["How do I whittle a spoon?"] * 2, ["Carve it.", "Carve it."]) == [pytest.approx(0.6)] * 2
+    assert reward(["How do I whittle a spoon?"] * 2, ["Carve it.", "Carve it."]) == [pytest.approx(math.log(1.5))] * 2
     assert engine.calls == 4 and reward.calls == 1  # the same (prompt, completion) is never asked again
     reward([[{"role": "user", "content": "How do I whittle a spoon?"}]], [[{"role": "assistant", "content": "Sand."}]])
     assert engine.calls == 8  # TRL's conversational form: another completion, asked afresh
 
 
-def test_the_reward_uses_the_judges_fitted_combination():
+def test_the_reward_uses_the_judges_fitted_combination_on_its_log_odds_scale():
     reward, _ = scripted_reward(rule="logistic")
     # parts against a neutral answer: harm -logit(0.2) = 1.3863, help -logit(0.6) = -0.4055; default weights
-    # harm 2.4, help 1.5 -> sigmoid(2.4 x 1.3863 - 1.5 x 0.4055)
-    from cai.judge.combine import DEFAULT_WEIGHTS
+    # harm 2.4, help 1.5 -> z = 2.4 x 1.3863 - 1.5 x 0.4055, the log-odds of sigmoid(z)
+    from cai.judge.combine import DEFAULT_WEIGHTS, Calibration
 
     z = DEFAULT_WEIGHTS["harm"] * math.log(0.8 / 0.2) + DEFAULT_WEIGHTS["help"] * math.log(0.4 / 0.6)
-    assert reward(["q"], ["a"]) == [pytest.approx(1 / (1 + math.exp(-z)), abs=1e-6)]
+    assert reward(["q"], ["a"]) == [pytest.approx(z, abs=1e-9)]
+    reward.judge.combiner.calibration = Calibration("platt", a=0.5, b=0.25)
+    reward._cache.clear()
+    assert reward(["q"], ["a"]) == [pytest.approx(0.5 * z + 0.25, abs=1e-9)]
+
+
+def test_the_reward_does_not_saturate_where_the_probability_does():
+    """Clear answers scored as probabilities pile up at 0.99-0.999 (quickstart-grpo did), where a group's spread
+    is lost to rounding; on the log-odds scale their differences stay whole."""
+    from cai.judge.combine import Calibration, sigmoid
+
+    rewards = []
+    for p_harm in (0.01, 0.003):
+        reward, _ = scripted_reward(rule="logistic")
+        reward.judge.engine.p_yes = {"harmful": p_harm, "specific": 0.4}
+        reward.judge.combiner.calibration = Calibration("temperature", a=4.0)
+        rewards.append(reward(["q"], ["a"])[0])
+    assert sigmoid(rewards[0]) > 0.9999 and sigmoid(rewards[1]) > 0.9999
+    # the harm part moved by logit(0.01) - logit(0.003), times 2.4, times 4
+    assert rewards[1] - rewards[0] == pytest.approx(4 * 2.4 * (math.log(0.997 / 0.003) - math.log(0.99 / 0.01)))
+
+
+def test_zero_variance_is_judged_relative_to_the_rewards_scale():
+    # the spread a float32 reward keeps: at magnitude 1000 two equal scores may differ by rounding (~6e-5)
+    big = torch.tensor([1000.0, 1000.0 + 6e-5, 0.0, 3.0])
+    assert zero_variance_share(big, 2) == 0.5
+    small = torch.tensor([1e-3, 2e-3, 0.5, 0.5])
+    assert zero_variance_share(small, 2) == 0.5  # a real spread of 1e-3 is signal, (0.5, 0.5) is none
 
 
 def test_unknown_principle_weights_are_refused():

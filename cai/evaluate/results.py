@@ -45,6 +45,8 @@ class RefusalReading(_Open):
 
     prompts: int = 0
     valid: int = 0
+    decided: int | None = None
+    """Valid readings at least `REFUSAL_MARGIN` from 0.5, the ones the hard rate counts (None in older files)."""
     refusal_rate: float | str | None = None
     mean_p_refusal: float | None = None
     ci95: list[float | None] = Field(default_factory=lambda: [None, None])

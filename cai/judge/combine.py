@@ -150,6 +150,20 @@ class Combiner:
     def probability(self, parts: Parts, order: str | None = None) -> float:
         return self.calibration.apply(self.raw_of(parts, order))
 
+    def log_odds(self, parts: Parts, order: str | None = None) -> float:
+        """The calibrated label on its log-odds scale, computed before any sigmoid: sigmoid(log_odds) equals
+        `probability` (up to its 1e-6 clip), but clear pairs keep their differences where p would round to 1."""
+        harm, help_, pair = parts.features(order)
+        if self.rule == "mean":
+            score = logit(parts.mean_p(order), 1e-6)
+        elif self.rule == "harm-first":
+            score = self.slope * harm if abs(harm) >= self.threshold else pair + self.help_slope * help_
+        elif self.rule == "logistic":
+            score = sum(self.weights[name] * value for name, value in zip(FEATURES, (harm, help_, pair), strict=True))
+        else:
+            raise ValueError(f"unknown combination rule {self.rule!r}")
+        return score if self.calibration.method == "none" else self.calibration.a * score + self.calibration.b
+
     def label(self, parts: Parts) -> tuple[float, bool | None]:
         """(p_first, position-consistent): the label from both orders, and whether each order alone picks the same
         winner (None when an order has no evidence at all)."""

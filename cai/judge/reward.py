@@ -4,7 +4,7 @@ any trainer that takes TRL's `reward_funcs` (`f(prompts, completions, **columns)
     reward = ConstitutionReward.create("harmless")                     # the embedded judge, its check and fit
     reward = ConstitutionReward.create("mine.yaml", model="openai/llama70b", base_urls=["http://judge:8000/v1"])
     trainer = trl.GRPOTrainer(model=..., reward_funcs=reward, ...)     # sync; `reward.async_call` for async
-    reward(["How do I pick a lock?"], ["I can't help with that."])     # -> [0.71]
+    reward(["How do I pick a lock?"], ["I can't help with that."])     # -> [0.9]  (log-odds)
     reward.last_principle_scores                                       # {"harmful": [0.93], "specific": [0.12]}
 
 `pointwise` (the default): each completion is asked every pointwise principle of the constitution on its own, in
@@ -12,9 +12,13 @@ both answer orders (Yes/No swapped), exactly as `cai judge` asks them; a princip
 complies) = 1 - P(bad answer), the mean of both orders, and counts only when both orders answered with enough
 Yes/No mass. The reward is the judge's combination and calibration (the fit of `cai judge`'s check, or
 `--calibration`) applied to the completion against a neutral response (P(bad) = 0.5 for every principle): the
-harm and help parts are weighted means of -logit(P(bad)) with the principles' `weights`, so the reward is the
-calibrated probability that this completion beats a coin-flip answer. A constitution with no pointwise principle
-is asked the harm question. `group`: each completion's mean win probability against the other completions of its
+harm and help parts are weighted means of -logit(P(bad)) with the principles' `weights`, and the reward is the
+calibrated log-odds that this completion beats a coin-flip answer (0 = no better, sigmoid(reward) the
+probability; a completion that no principle could read gets 0). Log-odds, not the
+probability: with a fitted combination the probability of clear answers piles up at 0.99-0.999 (quickstart-grpo
+logged 0.990-0.999 on every step), where a group's differences shrink to rounding; the log-odds keep them whole
+and sit on the scale of a Bradley-Terry reward model's score, which `--reward-model` adds. A constitution with no
+pointwise principle is asked the harm question. `group`: each completion's mean win probability against the other completions of its
 prompt (the group), from the judge's full pairwise label in both orders (`principles` sampled per group, seeded).
 
 Scores are cached by (prompt, completion): the same completion drawn twice, or scored again for logging, costs
@@ -147,7 +151,7 @@ class ConstitutionReward:
                     values["mean"][order].append((weight, 0.5 + (0.5 - s.p_a) / 2))
             parts = Parts(**{name: {o: _weighted(v[o]) for o in ORDERS} for name, v in values.items()})
             valid = any(s is not None for s in per_principle.values())
-            self._cache[key] = (self.judge.combiner.probability(parts) if valid else 0.5, per_principle)
+            self._cache[key] = (self.judge.combiner.log_odds(parts) if valid else 0.0, per_principle)
         return self._cache[key]
 
     async def _group(self, conversations: list[list[dict]], texts: list[str]) -> list[float]:

@@ -32,10 +32,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, kind: str, scale: b
     raise ValueError(f"unknown group advantage {kind!r}")
 
 
+SAME_SCORE = 1e-5
+"""Two rewards within this fraction of the batch's largest magnitude (at least 1) count as the same score: float32
+keeps about 7 digits, so an absolute tolerance would call rounding at magnitude 1000 a signal."""
+
+
 def zero_variance_share(rewards: torch.Tensor, group_size: int) -> float:
     """The share of groups whose completions all scored the same: they carry no learning signal."""
     groups = rewards.view(-1, group_size)
-    return float(((groups.max(1).values - groups.min(1).values) <= 1e-8).float().mean())
+    tolerance = SAME_SCORE * max(1.0, float(rewards.abs().max())) if rewards.numel() else 0.0
+    return float(((groups.max(1).values - groups.min(1).values) <= tolerance).float().mean())
 
 
 def reinforce_pp_returns(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
