@@ -9,10 +9,12 @@ setup:
 quickstart: setup
 	.venv/bin/cai run recipes/quickstart.yaml
 
-# The test suite (real vLLM on the embedded model, a real vllm server, Chromium for the report).
+# The test suite (real vLLM on the embedded model, a real vllm server, Chromium for the report), on two workers
+# (pytest-xdist): a test file, or the server folder, stays on one worker with its fixtures (tests/conftest.py).
+TEST_WORKERS ?= 2
 test:
 	@scripts/setup.sh --browser
-	CAI_REQUIRE_CHROMIUM=1 .venv/bin/python -m pytest -q
+	CAI_REQUIRE_CHROMIUM=1 .venv/bin/python -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --no-loadscope-reorder)
 
 lint: setup
 	.venv/bin/ruff check .

@@ -18,6 +18,49 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CAI_TEST_SESSION", f"{os.getpid()}-{time.time_ns()}")
 # Two engines may be alive at once (the session engine and a `cai` subprocess under test): keep each small.
 TEST_ENGINE = {"gpu_memory_utilization": 0.2, "max_model_len": 2048}
+# Every vLLM engine of the run (in-process, `cai` subprocesses, `vllm serve`) gets a 1 GiB KV cache (~20k tokens of
+# the default model) instead of a share of memory: under `make test` two test workers run side by side, each with
+# engines of its own, and an explicit size also skips vLLM's warm-up pass at start.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER is not None:
+    # one of `make test`'s workers (pytest-xdist, one per core): one compute thread each, so two workers share the
+    # cores instead of four threads fighting over two; vLLM binds its threads to this worker's own core.
+    _cores = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(_cores[int(WORKER.removeprefix("gw")) % len(_cores)]))
+
+
+def _group(nodeid: str) -> str:
+    """The unit `make test` hands a worker: a test file, or the whole `tests/server` folder (one server)."""
+    path = nodeid.split("::", 1)[0]
+    return "tests/server" if path.startswith("tests/server/") else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's file scheduling, with the server folder kept together. (Its `loadgroup` marks do nothing
+    under pytest 9.2, which no longer reads the node id xdist rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndServerFolder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return FilesAndServerFolder(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest groups first, so that under `make test` the two workers finish together (a file keeps its
+    order)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))
+
+
+SLOWEST_FIRST = tuple(f"tests/{name}" for name in (
+    "server", "test_rl_model.py", "test_train_model.py", "test_pipeline.py", "test_online.py", "test_grpo_model.py",
+    "test_distributed.py", "test_w2s_model.py", "test_grpo_engine.py", "test_judge_engine.py"))
+"""Test groups by their time in the last full run (the rest follow in collection order)."""
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +169,8 @@ def pytest_sessionfinish(session, exitstatus):
     their stacks, killed, and fail the run."""
     from tests.processes import SESSION, kill_tagged, stacks, tagged
 
+    if WORKER is not None:
+        return  # the other worker's processes carry the same tag and are still running: the controller checks
     def left_behind() -> list[int]:
         return [pid for pid in tagged(SESSION, os.environ[SESSION]) if not _ends_with_this_process(pid)]
 

@@ -6,11 +6,13 @@ reward, start to end."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 
+from cai.judge.combine import DEFAULT_WEIGHTS
 from tests.processes import run as run_command
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -18,6 +20,10 @@ from tiny import save, tiny_causal_lm, tiny_tokenizer  # noqa: E402
 
 pytestmark = [pytest.mark.engine, pytest.mark.model]
 REPO = Path(__file__).resolve().parent.parent
+
+
+DEFAULT_BOUND = (DEFAULT_WEIGHTS["harm"] + DEFAULT_WEIGHTS["help"]) * math.log(0.999 / 0.001)
+"""The largest log-odds reward the default combination can give (P(bad) is clipped to [0.001, 0.999])."""
 
 
 def judge_on(engine):
@@ -70,7 +76,9 @@ def test_trls_grpo_trainer_trains_with_the_constitution_reward(engine, loop, tmp
     fresh = ConstitutionReward(judge_on(engine), loop=loop)  # no cache: cai scores the same completions again
     for call_prompts, completions, scores in reward.calls:
         assert fresh(call_prompts, completions) == pytest.approx(scores, abs=1e-6)
-    assert all(0.0 <= s <= 1.0 for _, _, scores in reward.calls for s in scores)
+    # log-odds under the default combination: |reward| <= (2.4 + 1.5) x logit(0.999) = 26.9
+    assert all(abs(s) <= DEFAULT_BOUND for _, _, scores in reward.calls for s in scores)
+    assert len({s for _, _, scores in reward.calls for s in scores}) > 1  # the judge told the completions apart
 
 
 def test_a_grpo_recipe_runs_on_the_embedded_model_with_the_constitution_reward(tmp_path):
@@ -87,7 +95,8 @@ def test_a_grpo_recipe_runs_on_the_embedded_model_with_the_constitution_reward(t
     out = tmp_path / "tiny-grpo" / "grpo"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step = next(r for r in rows if r["step"] == 1)
-    assert 0.0 <= step["reward/mean"] <= 1.0 and step["reward/constitution"] == pytest.approx(step["reward/mean"])
+    assert abs(step["reward/mean"]) <= DEFAULT_BOUND  # the judge check is off: the default combination
+    assert step["reward/constitution"] == pytest.approx(step["reward/mean"]) and step["reward/std"] > 0
     assert {"reward/principle/harmful", "groups/zero_variance_share", "completions/clipped_share",
             "policy/entropy", "loss"} <= set(step)
     manifest = json.loads((out / "train_manifest.json").read_text())

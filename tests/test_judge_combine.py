@@ -144,3 +144,30 @@ def test_the_judge_check_cache_ignores_engine_settings_that_do_not_change_a_judg
     assert cache_key(Described(gpu_memory_utilization=0.3, dtype="bfloat16"), config) != base
     assert cache_key(Described(gpu_memory_utilization=0.3, max_model_len=2048), config) != base
     assert cache_key(Described(gpu_memory_utilization=0.3, model="other"), config) != base
+
+
+def test_a_cached_check_names_the_file_it_was_asked_about(tmp_path, monkeypatch):
+    """The cache is keyed by the check file's content: a copy elsewhere (a second run's folder) reuses the result,
+    and the result names the file of this run, not the one it was first measured on (pure logic: a stand-in
+    engine with only `describe()`, the cache entry written by hand)."""
+    import asyncio
+    import json
+
+    from cai.config import JudgeConfig
+    from cai.judge.check import cache_key, check_judge
+
+    class Described:
+        def describe(self):
+            return {"backend": "vllm", "model": "m", "dtype": "float32"}
+
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
+    pairs = tmp_path / "here" / "check.jsonl"
+    pairs.parent.mkdir()
+    pairs.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    config = JudgeConfig(source="-", judge_check=str(pairs))
+    entry = tmp_path / "cache" / "judge-checks" / f"{cache_key(Described(), config)}.json"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(json.dumps({"accuracy": 0.8, "file": "/first/run/check.jsonl", "checked_pairs": 1}))
+    quality = asyncio.run(check_judge(Described(), config))
+    assert quality["cached"] and quality["passed"] and quality["accuracy"] == 0.8
+    assert quality["file"] == str(pairs)

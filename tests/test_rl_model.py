@@ -25,7 +25,7 @@ pytestmark = pytest.mark.model
 
 PPO = {"limit": 64, "eval_fraction": 0.25, "rollout_batch_size": 16, "batch_size": 8,
        "ppo_epochs": 1, "max_new_tokens": 3, "temperature": 1.0, "learning_rate": 5e-5, "lr_scheduler": "constant",
-       "max_length": 64, "max_prompt_length": 56, "max_steps": 4, "save_steps": 2, "eval_samples": 4,
+       "max_length": 64, "max_prompt_length": 56, "max_steps": 4, "save_steps": 2, "eval_samples": 2,
        "progress": False, "missing_eos_penalty": 0.0}  # 3-token responses are cut by design here
 
 
@@ -181,7 +181,7 @@ def test_a_huge_kl_coefficient_keeps_the_policy_near_the_reference(settings, ppo
     assert {k: v for k, v in tight_before.items() if k != reward} == pytest.approx(
         {k: v for k, v in base.items() if k != reward})
     assert tight_before[reward] == pytest.approx(base[reward], abs=100 * 1e-5)
-    # measured: 0.71 against 2.83 nats (the KL term dominates the whitened advantages, so what drift remains is
+    # measured: 0.96 against 3.74 nats (the KL term dominates the whitened advantages, so what drift remains is
     # sampling noise over four steps)
     assert tight["eval/objective/kl"] < 0.35 * free["eval/objective/kl"]
     assert abs(tight["eval/objective/scores"] - base["eval/objective/scores"]) < \

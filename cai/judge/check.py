@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -64,11 +65,11 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
     from cai.models import cache_dir
 
     cached = cache_dir() / "judge-checks" / f"{cache_key(engine, config)}.json"
-    if cached.exists():
-        quality = json.loads(cached.read_text())
-        return {**quality, "passed": quality["accuracy"] >= config.min_judge_accuracy,
-                "min_accuracy": config.min_judge_accuracy, "cached": True}
     path = check_file(config.judge_check)
+    if cached.exists():  # keyed by the file's content: the same pairs under another path (this run's) count
+        quality = json.loads(cached.read_text())
+        return {**quality, "file": path, "passed": quality["accuracy"] >= config.min_judge_accuracy,
+                "min_accuracy": config.min_judge_accuracy, "cached": True}
     given = None
     if config.calibration:
         from cai.judge.calibration import load_calibration
@@ -98,7 +99,11 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
             quality["given_calibration"] = {k: report["given_calibration"][k]
                                             for k in ("accuracy", "ci95", "position_consistency", "ece", "pairs")}
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(quality, indent=2))
+    # a temporary file of this process, then a rename: two processes checking the same judge at once (test
+    # workers, a pipeline beside a `cai judge`) never read half a file
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(quality, indent=2))
+    os.replace(tmp, cached)
     return {**quality, "passed": quality["accuracy"] >= config.min_judge_accuracy,
             "min_accuracy": config.min_judge_accuracy, "cached": False}
 
