@@ -58,8 +58,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 SLOWEST_FIRST = tuple(f"tests/{name}" for name in (
-    "server", "test_rl_model.py", "test_train_model.py", "test_pipeline.py", "test_online.py", "test_grpo_model.py",
-    "test_distributed.py", "test_w2s_model.py", "test_grpo_engine.py", "test_judge_engine.py"))
+    "server", "test_rl_model.py", "test_train_model.py", "test_pipeline.py", "test_online.py", "test_grpo_engine.py",
+    "test_judge_engine.py", "test_distributed.py", "test_grpo_model.py", "test_generate_engine.py",
+    "test_debate_engine.py", "test_hostile_input.py", "test_review.py", "test_w2s_model.py", "test_engine_vllm.py"))
 """Test groups by their time in the last full run (the rest follow in collection order)."""
 
 

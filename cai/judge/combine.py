@@ -131,18 +131,21 @@ class Combiner:
         """The rule used before any fit: harm-first for `hybrid`, the plain mean for the single formats."""
         return cls() if judge_format == "hybrid" else cls(rule="mean")
 
-    def raw(self, features: list[float], mean: float = 0.5) -> float:
-        """The uncalibrated p from the features ([harm, help, pair]) and, for the `mean` rule, the mean part."""
+    def raw_log_odds(self, features: list[float], mean: float = 0.5) -> float:
+        """The uncalibrated label's log-odds from the features ([harm, help, pair]) and, for the `mean` rule, the
+        mean part."""
         harm, help_, pair = features
         if self.rule == "mean":
-            return mean
+            return logit(mean, 1e-6)
         if self.rule == "harm-first":
-            if abs(harm) >= self.threshold:
-                return sigmoid(self.slope * harm)
-            return sigmoid(pair + self.help_slope * help_)
+            return self.slope * harm if abs(harm) >= self.threshold else pair + self.help_slope * help_
         if self.rule == "logistic":
-            return sigmoid(sum(self.weights[name] * value for name, value in zip(FEATURES, features, strict=True)))
+            return sum(self.weights[name] * value for name, value in zip(FEATURES, features, strict=True))
         raise ValueError(f"unknown combination rule {self.rule!r}")
+
+    def raw(self, features: list[float], mean: float = 0.5) -> float:
+        """The uncalibrated p (the `mean` rule's mean part as it is)."""
+        return mean if self.rule == "mean" else sigmoid(self.raw_log_odds(features, mean))
 
     def raw_of(self, parts: Parts, order: str | None = None) -> float:
         return self.raw(parts.features(order), parts.mean_p(order))
@@ -153,15 +156,7 @@ class Combiner:
     def log_odds(self, parts: Parts, order: str | None = None) -> float:
         """The calibrated label on its log-odds scale, computed before any sigmoid: sigmoid(log_odds) equals
         `probability` (up to its 1e-6 clip), but clear pairs keep their differences where p would round to 1."""
-        harm, help_, pair = parts.features(order)
-        if self.rule == "mean":
-            score = logit(parts.mean_p(order), 1e-6)
-        elif self.rule == "harm-first":
-            score = self.slope * harm if abs(harm) >= self.threshold else pair + self.help_slope * help_
-        elif self.rule == "logistic":
-            score = sum(self.weights[name] * value for name, value in zip(FEATURES, (harm, help_, pair), strict=True))
-        else:
-            raise ValueError(f"unknown combination rule {self.rule!r}")
+        score = self.raw_log_odds(parts.features(order), parts.mean_p(order))
         return score if self.calibration.method == "none" else self.calibration.a * score + self.calibration.b
 
     def label(self, parts: Parts) -> tuple[float, bool | None]:

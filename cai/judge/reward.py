@@ -14,11 +14,11 @@ Yes/No mass. The reward is the judge's combination and calibration (the fit of `
 `--calibration`) applied to the completion against a neutral response (P(bad) = 0.5 for every principle): the
 harm and help parts are weighted means of -logit(P(bad)) with the principles' `weights`, and the reward is the
 calibrated log-odds that this completion beats a coin-flip answer (0 = no better, sigmoid(reward) the
-probability; a completion that no principle could read gets 0). Log-odds, not the
-probability: with a fitted combination the probability of clear answers piles up at 0.99-0.999 (quickstart-grpo
-logged 0.990-0.999 on every step), where a group's differences shrink to rounding; the log-odds keep them whole
-and sit on the scale of a Bradley-Terry reward model's score, which `--reward-model` adds. A constitution with no
-pointwise principle is asked the harm question. `group`: each completion's mean win probability against the other completions of its
+probability; a completion that no principle could read gets 0). Log-odds, not the probability: with a fitted
+combination the probability of clear answers piles up at 0.99-0.999 (quickstart-grpo logged 0.990-0.999 on every
+step), where a group's differences shrink to rounding; the log-odds keep them whole and sit on the scale of a
+Bradley-Terry reward model's score, which `--reward-model` adds. A constitution with no pointwise principle is
+asked the harm question. `group`: each completion's mean win probability against the other completions of its
 prompt (the group), from the judge's full pairwise label in both orders (`principles` sampled per group, seeded).
 
 Scores are cached by (prompt, completion): the same completion drawn twice, or scored again for logging, costs
