@@ -117,6 +117,47 @@ def test_selective_accuracy_curve_and_the_band_chosen_from_it():
     assert choose_band(curve, target_accuracy=0.95, min_kept=0.9) == 0.0  # nothing keeps 90%: no band
 
 
+def test_averaged_splits_by_hand():
+    from cai.judge.fit import mean_curve, mean_metrics
+
+    one = {"pairs": 10, "accuracy": 0.7, "ci95": [0.0, 1.0], "brier": 0.2, "ece": 0.1, "position_consistency": 0.8}
+    two = {**one, "accuracy": 0.9, "brier": 0.1, "ece": 0.3, "position_consistency": None}
+    mean = mean_metrics([one, two])
+    assert mean["accuracy"] == pytest.approx(0.8) and mean["brier"] == pytest.approx(0.15)
+    assert mean["ece"] == pytest.approx(0.2) and mean["position_consistency"] == 0.8  # None left out
+    assert mean["ci95"] == pytest.approx([0.4902, 0.9433], abs=1e-4)  # Wilson, 8 of 10: the splits are not more data
+    curve = mean_curve([[{"band": 0.0, "kept": 1.0, "accuracy": 0.6}, {"band": 0.3, "kept": 0.0, "accuracy": None}],
+                        [{"band": 0.0, "kept": 0.8, "accuracy": 0.8}, {"band": 0.3, "kept": 0.2, "accuracy": 1.0}]])
+    assert curve == [{"band": 0.0, "kept": pytest.approx(0.9), "accuracy": pytest.approx(0.7)},
+                     {"band": 0.3, "kept": pytest.approx(0.1), "accuracy": 1.0}]
+
+
+def test_the_fit_reports_the_mean_of_repeated_splits_and_labels_with_the_first():
+    from cai.judge.fit import fit_judge
+
+    # noisy parts: which pairs a fold holds out changes the held-out figures, so the splits differ
+    data = [parts(harm=(h, h + 0.3), help_=(u, -u)) for h, u in
+            zip([1.2, -0.4, 0.8, 0.3, -1.0, 2.0, 0.1, -0.2, 0.9, 0.5, -0.6, 1.5, 0.2, 0.7, -0.3, 1.1],
+                [0.5, 1.0, -0.8, 0.2, 0.9, -0.5, 0.4, 0.6, -0.2, 0.1, 0.3, -0.9, 0.7, -0.4, 0.2, 0.0], strict=True)]
+    categories = ["a", "b"] * 8
+    single = [fit_judge(data, categories, "hybrid", k=4, seed=s, repeats=1) for s in (7, 8, 9)]
+    repeated = fit_judge(data, categories, "hybrid", k=4, seed=7, repeats=3)
+    assert repeated["repeats"] == 3 and single[0]["repeats"] == 1
+    for rule in ("mean", "harm-first", "logistic"):
+        accuracies = [f["cv"][rule]["calibrated"]["accuracy"] for f in single]
+        eces = [f["cv"][rule]["calibrated"]["ece"] for f in single]
+        got = repeated["cv"][rule]
+        assert got["calibrated"]["accuracy"] == pytest.approx(sum(accuracies) / 3)
+        assert got["calibrated"]["ece"] == pytest.approx(sum(eces) / 3)
+        assert got["spread"] == {"accuracy": [min(accuracies), max(accuracies)], "ece": [min(eces), max(eces)]}
+        for name in ("a", "b"):
+            assert got["by_category"][name]["accuracy"] == pytest.approx(
+                sum(f["cv"][rule]["by_category"][name]["accuracy"] for f in single) / 3)
+    assert len({f["cv"]["logistic"]["calibrated"]["ece"] for f in single}) > 1  # the splits did differ
+    # the labels handed on (weak-to-strong) are one split's: one held-out label per pair
+    assert repeated["predictions"] == single[0]["predictions"] or repeated["rule"] != single[0]["rule"]
+
+
 def test_a_combiner_round_trips_through_json():
     c = Combiner(rule="logistic", weights={"harm": 1.5, "help": 0.5, "pair": 0.25},
                  calibration=Calibration("temperature", a=0.5), abstain_band=0.1)

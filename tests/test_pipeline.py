@@ -76,7 +76,7 @@ def test_the_quickstart_recipe_runs_end_to_end(finished_run, engine, loop):
     _, subset = check_subset(run.parent)
     assert quality["checked_pairs"] == subset == 28 and 0 <= quality["accuracy"] <= 1 and quality["cached"]
     assert quality["file"] == str(run.parent / "check.jsonl")
-    assert quality["cross_validated"] == "5-fold" and quality["judge_format"] == "hybrid"  # a fit never scores its own pairs
+    assert quality["cross_validated"] == "5-fold x 5" and quality["judge_format"] == "hybrid"  # a fit never scores its own pairs
     assert quality["passed"] == (quality["accuracy"] >= 0.7)
     assert json.loads((run / "judge" / "manifest.json").read_text())["judge_quality"]["accuracy"] == quality["accuracy"]
     assert f"judge check: accuracy {quality['accuracy']:.2f}" in (run / "judge" / "export" / "README.md").read_text()

@@ -50,7 +50,7 @@ def cache_key(engine: Any, config: Any) -> str:
     described = {k: v for k, v in engine.describe().items() if k not in NOT_JUDGEMENT_SETTINGS}
     parts = {"engine": described, "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
              "calibration": path_digest(config.calibration) if config.calibration else None,
-             **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 2}
+             **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 3}
     if getattr(config, "protocol", "direct") != "direct":  # direct judging keeps the keys it always had
         debaters = config.debater_engine.model if config.debater_engine else None
         parts |= {"protocol": config.protocol, "debate_max_tokens": config.debate_max_tokens, "debaters": debaters}
@@ -89,7 +89,8 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
                    "brier": m["brier"], "ece": m["ece"], "brier_raw": raw["brier"], "ece_raw": raw["ece"],
                    "pairs": report["valid"], "checked_pairs": report["pairs"], "invalid_rate": report["invalid_rate"],
                    "file": path, "judge_model": report["judge_model"], "judge_format": report["judge_format"],
-                   "rule": fit["rule"], "cross_validated": f"{fit['folds']}-fold",
+                   "rule": fit["rule"], "cross_validated": f"{fit['folds']}-fold x {fit['repeats']}",
+                   "spread": chosen["spread"],
                    "calls_per_pair": report["calls_per_pair"],
                    "by_category": {name: {"accuracy": c["accuracy"], "ci95": c["ci95"], "pairs": c["pairs"]}
                                    for name, c in chosen["by_category"].items()},

@@ -144,8 +144,10 @@ def format_judge_report(report: dict[str, Any]) -> str:
              f"{report['principles_per_pair']}  judge calls per pair: {report['calls_per_pair']:.1f}"]
     fit = report.get("fit")
     if fit:
-        lines += ["", f"cross-validated ({fit['folds']}-fold), before -> after calibration ({fit['calibration']}); "
-                  f"chosen rule: {fit['rule']}", f"{'rule':<28}" + header]
+        spread = fit["cv"][fit["rule"]]["spread"]
+        lines += ["", f"cross-validated ({fit['folds']}-fold, mean of {fit['repeats']} splits), before -> after "
+                  f"calibration ({fit['calibration']}); chosen rule: {fit['rule']} (one split: accuracy "
+                  f"{fmt(spread['accuracy'])}, ECE {fmt(spread['ece'])})", f"{'rule':<28}" + header]
         for rule, figures in fit["cv"].items():
             for stage in ("raw", "calibrated"):
                 m = figures[stage]

@@ -1,13 +1,16 @@
 """Fitting a judge's combination and calibration on labelled pairs, and measuring it honestly: every figure is
-k-fold cross-validated (each pair is scored by a combiner fitted on the other folds, never on itself).
+k-fold cross-validated (each pair is scored by a combiner fitted on the other folds, never on itself), repeated
+over `repeats` seeded splits and averaged: on a check set of ~150 pairs one split alone moves accuracy by about
+0.01 and ECE by about 0.03 (5-fold, seeds 0-2, the shipped set), as much as the gaps the figures are read for.
 
-    fit = fit_judge(parts, categories, "hybrid", k=5, seed=0)
+    fit = fit_judge(parts, categories, "hybrid", k=5, seed=0, repeats=5)
     fit["rule"], fit["cv"]["logistic"]["calibrated"]["accuracy"], fit["combiner"]     # the combiner: all pairs
 
 Rules tried: `harm-first`, `logistic` and `mean` for the hybrid format; only `mean` (the plain label) for the
 single formats, which get a calibration alone. The rule with the best cross-validated accuracy (after calibration)
 wins; ties go to the simpler rule listed first in `RULES`. The abstention band is chosen from the cross-validated
-selective-accuracy curve (`judge_combine.choose_band`). The combiner that labels is then fitted on every pair.
+selective-accuracy curve (`judge_combine.choose_band`), averaged over the repeats. The combiner that labels is then
+fitted on every pair. `predictions` are the first split's (seed `seed`): one held-out label per pair.
 """
 
 from __future__ import annotations
@@ -61,30 +64,67 @@ def metrics(probabilities: list[float], targets: list[float], consistent: list[b
 
 
 def fit_judge(parts: list[Parts], categories: list[str | None], judge_format: str, k: int = 5, seed: int = 0,
-              calibration: str = "temperature", targets: list[float] | None = None) -> dict[str, Any]:
-    """Cross-validated figures for every rule of the format, the chosen rule, the selective-accuracy curve and
-    band, and the combiner fitted on all pairs (`combiner`, a `Combiner`)."""
+              calibration: str = "temperature", targets: list[float] | None = None,
+              repeats: int = 5) -> dict[str, Any]:
+    """Cross-validated figures for every rule of the format (the mean over `repeats` splits, seeds seed, seed + 1,
+    ...; `spread` gives the lowest and highest accuracy and ECE of a single split), the chosen rule, the
+    selective-accuracy curve and band, and the combiner fitted on all pairs (`combiner`, a `Combiner`)."""
     targets = targets if targets is not None else [1.0] * len(parts)
     if len(parts) < 2:
         raise ValueError(f"fitting a judge needs at least 2 labelled pairs, got {len(parts)}")
     cv: dict[str, Any] = {}
     predictions: dict[str, dict[str, list]] = {}
+    repeats = max(1, repeats)
+    curves: dict[str, list[list[dict]]] = {}
     for rule in RULES.get(judge_format, ("mean",)):
-        pred = cv_predictions(parts, targets, rule, calibration, k, seed)
-        predictions[rule] = pred
-        cv[rule] = {"raw": metrics(pred["raw"], targets, pred["consistent"]),
-                    "calibrated": metrics(pred["calibrated"], targets, pred["consistent"]),
-                    "by_category": by_category(pred["calibrated"], targets, pred["consistent"], categories)}
+        splits = [cv_predictions(parts, targets, rule, calibration, k, seed + r) for r in range(repeats)]
+        predictions[rule] = splits[0]
+        calibrated = [metrics(s["calibrated"], targets, s["consistent"]) for s in splits]
+        cv[rule] = {"raw": mean_metrics([metrics(s["raw"], targets, s["consistent"]) for s in splits]),
+                    "calibrated": mean_metrics(calibrated),
+                    "spread": {name: [min(m[name] for m in calibrated), max(m[name] for m in calibrated)]
+                               for name in ("accuracy", "ece")},
+                    "by_category": {name: mean_metrics([by_category(s["calibrated"], targets, s["consistent"],
+                                                                    categories)[name] for s in splits])
+                                    for name in sorted({c for c in categories if c})}}
+        curves[rule] = [selective_curve(s["calibrated"], s["consistent"], targets) for s in splits]
     order = list(RULES.get(judge_format, ("mean",)))
     chosen = max(order, key=lambda r: (round(cv[r]["calibrated"]["accuracy"], 9), -order.index(r)))
     best = predictions[chosen]
-    curve = selective_curve(best["calibrated"], best["consistent"], targets)
+    curve = mean_curve(curves[chosen])
     band = choose_band(curve)
     combiner = fit_combiner(parts, targets, chosen, calibration)
     combiner.abstain_band = band
-    return {"rule": chosen, "cv": cv, "selective": curve, "abstain_band": band, "folds": k, "seed": seed,
+    return {"rule": chosen, "cv": cv, "selective": curve, "abstain_band": band, "folds": k, "repeats": repeats,
+            "seed": seed,
             "calibration": calibration, "pairs": len(parts), "combiner": combiner,
             "predictions": {"calibrated": best["calibrated"], "consistent": best["consistent"]}}
+
+
+def mean_metrics(splits: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several splits of the same pairs averaged; the interval is the Wilson interval of the mean
+    accuracy on the pairs (the splits score the same pairs, so they are not more data)."""
+    from cai.evaluate.diagnostics import wilson_interval
+
+    first = splits[0]
+    out = dict(first)
+    for name in ("accuracy", "brier", "ece", "position_consistency"):
+        values = [m[name] for m in splits if m[name] is not None]
+        out[name] = sum(values) / len(values) if values else None
+    if out["accuracy"] is not None and first["pairs"]:
+        out["ci95"] = list(wilson_interval(out["accuracy"] * first["pairs"], first["pairs"]))
+    return out
+
+
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """Selective-accuracy curves of several splits averaged band by band (a split keeping nothing at a band has
+    no accuracy there and is left out of that band's mean)."""
+    out = []
+    for rows in zip(*curves, strict=True):
+        accuracies = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+        out.append({"band": rows[0]["band"], "kept": sum(r["kept"] for r in rows) / len(rows),
+                    "accuracy": sum(accuracies) / len(accuracies) if accuracies else None})
+    return out
 
 
 def by_category(probabilities: list[float], targets: list[float], consistent: list[bool | None],
