@@ -212,3 +212,28 @@ def test_a_cached_check_names_the_file_it_was_asked_about(tmp_path, monkeypatch)
     quality = asyncio.run(check_judge(Described(), config))
     assert quality["cached"] and quality["passed"] and quality["accuracy"] == 0.8
     assert quality["file"] == str(pairs)
+
+
+def test_edges_of_accuracy_the_curve_and_the_band():
+    """Mutation survivors of `make mutate` on cai/judge/combine.py (2026-12-01), each pinned by hand."""
+    # a 0.5 prediction counts half whatever the target; a target-0 pair is right when p < 0.5
+    assert accuracy([0.5], [0.0]) == 0.5 and accuracy([0.5], [1.0]) == 0.5
+    assert accuracy([0.3, 0.7], [0.0, 0.0]) == 0.5
+    assert math.isnan(accuracy([], []))  # no pairs: no accuracy, not an error
+    with pytest.raises(ValueError):
+        accuracy([0.6], [1.0, 1.0])  # predictions and targets of different lengths are a bug, not a shorter list
+    with pytest.raises(ValueError):
+        selective_curve([0.6], [True, True], [1.0])
+    # one pair: all of it kept at band 0; nothing kept above its margin has no accuracy (not nan)
+    curve = selective_curve([0.9], [True], [1.0], bands=(0.0, 0.45))
+    assert curve == [{"band": 0.0, "kept": 1.0, "accuracy": 1.0}, {"band": 0.45, "kept": 0.0, "accuracy": None}]
+    rows = [{"band": 0.0, "kept": 1.0, "accuracy": 0.7}, {"band": 0.1, "kept": 0.8, "accuracy": 0.8},
+            {"band": 0.2, "kept": 0.6, "accuracy": 0.9}, {"band": 0.3, "kept": 0.4, "accuracy": 1.0}]
+    assert choose_band(rows, target_accuracy=0.8, min_kept=0.6) == 0.1  # the smallest band reaching, not the best
+    assert choose_band(rows, target_accuracy=0.9, min_kept=0.6) == 0.2  # exactly the target reaches; exactly 60% kept
+    tied = [{"band": 0.0, "kept": 1.0, "accuracy": 0.7}, {"band": 0.1, "kept": 0.9, "accuracy": 0.75},
+            {"band": 0.2, "kept": 0.8, "accuracy": 0.75}]
+    assert choose_band(tied, target_accuracy=0.95, min_kept=0.6) == 0.1  # equal accuracy: the smaller band
+    # the defaults `fit_judge` relies on: 0.85 accurate on at least 60% kept
+    assert choose_band([{"band": 0.0, "kept": 1.0, "accuracy": 0.86}, {"band": 0.1, "kept": 0.8, "accuracy": 0.95}]) == 0.0
+    assert choose_band([{"band": 0.0, "kept": 0.5, "accuracy": 0.99}, {"band": 0.1, "kept": 0.7, "accuracy": 0.9}]) == 0.1
