@@ -102,7 +102,8 @@ async def main(args: argparse.Namespace) -> dict:
     pairs, _ = pairs_from_file(data_dir("prompts") / "judge-eval.jsonl", args.pairs)
     await with_cai(engine, pairs[:2], args.principles, constitution, "hybrid")  # warm-up
     sampled = await sampled_setting(engine, args.prompts, args.samples) if args.samples else []
-    runs: dict[str, list] = {"plain": [], **{f: [] for f in FORMATS}, **{f"sampled-{f}": [] for f in FORMATS}}
+    settings = [*FORMATS, *(f"sampled-{f}" for f in FORMATS if sampled)]
+    runs: dict[str, list] = {"plain": [], **{name: [] for name in settings}}
     for _ in range(args.repeats):
         await engine._engine.reset_prefix_cache()
         n, seconds = await plain(engine, pairs, args.principles, constitution)
@@ -124,9 +125,6 @@ async def main(args: argparse.Namespace) -> dict:
     if sampled:
         result["sampled"] = {"prompts": args.prompts, "samples_per_prompt": args.samples, "pairs": len(sampled),
                              **{f: summary(runs[f"sampled-{f}"]) for f in FORMATS}}
-    else:
-        runs = {k: v for k, v in runs.items() if not k.startswith("sampled-")}
-        result["runs"] = runs
     result["pairwise"]["calls_per_s_vs_plain"] = round(result["pairwise"]["calls_per_s"] / plain_rate, 3)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
