@@ -164,3 +164,25 @@ def test_a_bad_refusal_never_reads_good_when_the_interval_is_wide():
 
     assert line(REFUSAL_TOLERANCE) == "good" and line(REFUSAL_TOLERANCE + 1e-6) == "unclear"
     assert not math.isnan(REFUSAL_TOLERANCE)
+
+
+def test_urls_the_parser_refuses_blank_secrets_and_userinfo_without_a_host_stay_masked():
+    """`make mutate` survivors in cai/runs/redact.py (2026-12-01): the unparseable-URL fallback (split kept to the
+    first "://", so a second URL inside cannot leak through rsplit), blank query values kept, no host."""
+    from cai.runs.redact import redact_url
+
+    assert redact_url("http://user:pw@[::1:8000/v1") == "http://***"  # an unclosed IPv6 bracket: urlsplit refuses it
+    assert redact_url("http://user:pw@[::1/?next=http://x") == "http://***"
+    assert redact_url("http://h/v1?token=&x=1") == "http://h/v1?token=***&x=1"  # a blank secret still named, masked
+    assert redact_url("http://user:pw@/v1") == "http://***@/v1"
+
+
+def test_ece_by_hand_with_shared_bins_and_a_certain_answer():
+    """`make mutate` survivors in cai/judge/metrics.py: the bin index and the per-bin means (bins of 0.05 over
+    confidence 0.5-1; p_correct below 0.5 is a wrong answer at confidence 1 - p)."""
+    from cai.judge.metrics import expected_calibration_error
+
+    # bin 6: 0.82 right; bin 7: 0.88 right, 0.88 wrong; bin 8: 0.93 wrong; bin 9: 0.97, 0.99, 1.0 right
+    ece = (abs(0.82 - 1) * 1 + abs(0.88 - 0.5) * 2 + abs(0.93 - 0) * 1 + abs((0.97 + 0.99 + 1.0) / 3 - 1) * 3) / 7
+    assert expected_calibration_error([0.82, 0.88, 0.12, 0.07, 0.97, 0.99, 1.0]) == pytest.approx(ece)
+    assert ece == pytest.approx(1.91 / 7)  # 0.18 + 2 x 0.38 + 0.93 + 3 x 0.0133
