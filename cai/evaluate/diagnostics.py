@@ -163,10 +163,15 @@ def _helpful_line(helpful: WinRate | None, judged_ok: bool | None) -> dict[str, 
 
 
 def _length_line(lengths: dict[str, float]) -> dict[str, str]:
-    change = lengths["trained"] / lengths["base"] - 1 if lengths.get("base") else 0.0
+    base, trained = lengths.get("base"), lengths.get("trained")
+    if not base or trained is None:
+        return {"mark": "unclear", "text": "Answer lengths could not be compared (no base answers with tokens)."}
+    change = trained / base - 1
+    if abs(change) < 0.005:  # under half a percent reads "0%": say so instead of "longer by 0%"
+        return {"mark": "good", "text": f"Answers kept their length ({base:.0f} -> {trained:.0f} tokens)."}
     return {"mark": "unclear" if abs(change) > 0.25 else "good",
             "text": f"Answers got {'longer' if change > 0 else 'shorter'} by {abs(change):.0%} "
-                    f"({lengths['base']:.0f} -> {lengths['trained']:.0f} tokens)"
+                    f"({base:.0f} -> {trained:.0f} tokens)"
                     + ("; a judge that likes length would flatter that." if abs(change) > 0.25 else ".")}
 
 
