@@ -12,9 +12,26 @@ import pytest
 
 from cai.constitution import JudgeExample, PreferencePrinciple
 from cai.engines import Completion, Engine, TokenLogprob
-from cai.evaluate.diagnostics import _sigmoid, length_bias, length_controlled_win_rate, pearson, wilson_interval
-from cai.judge.compare import (YES_NO, Judgement, JudgeSettings, aggregate, judge_examples, judge_messages,
-                               judge_once, option_of, option_token_ids, score_options, settings_of)
+from cai.evaluate.diagnostics import (
+    _sigmoid,
+    length_bias,
+    length_controlled_win_rate,
+    pearson,
+    wilson_interval,
+)
+from cai.judge.compare import (
+    YES_NO,
+    Judgement,
+    JudgeSettings,
+    aggregate,
+    judge_examples,
+    judge_messages,
+    judge_once,
+    option_of,
+    option_token_ids,
+    score_options,
+    settings_of,
+)
 
 
 def lp(token, p, token_id=None):
@@ -78,8 +95,8 @@ def test_newtons_method_needs_only_a_handful_of_steps():
     x = [math.tanh(v / std) for v in d]
     a = math.log(full["length_controlled_win_rate"] / (1 - full["length_controlled_win_rate"]))
     q = [_sigmoid(a + full["length_coefficient"] * xi) for xi in x]
-    assert abs(sum(qi - pi for qi, pi in zip(q, p))) < 1e-9
-    assert abs(sum((qi - pi) * xi for qi, pi, xi in zip(q, p, x))) < 1e-9
+    assert abs(sum(qi - pi for qi, pi in zip(q, p, strict=True))) < 1e-9
+    assert abs(sum((qi - pi) * xi for qi, pi, xi in zip(q, p, x, strict=True))) < 1e-9
 
 
 def test_the_length_controlled_fit_of_nothing_and_of_certain_wins():
@@ -175,8 +192,8 @@ PRINCIPLE = PreferencePrinciple(id="kind", question="Which response is kinder?")
 CONVERSATION = [{"role": "user", "content": "Say something."}]
 
 
-def run(engine, settings=JudgeSettings(), order="AB", option_ids=None, examples=(), arguments=()):
-    return asyncio.run(judge_once(engine, CONVERSATION, "FIRST", "SECOND", PRINCIPLE, order, settings,
+def run(engine, settings=None, order="AB", option_ids=None, examples=(), arguments=()):
+    return asyncio.run(judge_once(engine, CONVERSATION, "FIRST", "SECOND", PRINCIPLE, order, settings or JudgeSettings(),
                                   option_ids=option_ids, examples=examples, arguments=arguments))
 
 
