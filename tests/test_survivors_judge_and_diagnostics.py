@@ -193,7 +193,8 @@ CONVERSATION = [{"role": "user", "content": "Say something."}]
 
 
 def run(engine, settings=None, order="AB", option_ids=None, examples=(), arguments=()):
-    return asyncio.run(judge_once(engine, CONVERSATION, "FIRST", "SECOND", PRINCIPLE, order, settings or JudgeSettings(),
+    settings = settings or JudgeSettings()
+    return asyncio.run(judge_once(engine, CONVERSATION, "FIRST", "SECOND", PRINCIPLE, order, settings,
                                   option_ids=option_ids, examples=examples, arguments=arguments))
 
 
