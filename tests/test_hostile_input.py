@@ -469,3 +469,32 @@ def _pids_running(fragment: str) -> list[int]:
             if fragment in cmdline and state != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def test_every_yaml_parse_goes_through_the_one_reader():
+    """A constitution copied into a run's manifest is read back by review, the report and the degenerate-revision
+    check: a manifest from someone else's run folder must meet the same alias and depth limits as a file given on
+    the command line, so no module parses YAML except cai/yaml_safe.py."""
+    import ast
+
+    from tests.conftest import REPO
+
+    offenders = []
+    for path in sorted((REPO / "cai").rglob("*.py")):
+        if path.name == "yaml_safe.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml" \
+                    and node.attr in {"load", "safe_load", "full_load", "unsafe_load", "load_all", "safe_load_all"}:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} yaml.{node.attr}")
+    assert offenders == []
+
+
+def test_a_yaml_bomb_in_a_run_manifest_is_refused_when_review_reads_it(tmp_path):
+    from cai.review.review import principle_questions
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "judge", "constitution": {"text": BOMB}}))
+    started = time.monotonic()
+    with pytest.raises(YAMLInputError):
+        principle_questions(tmp_path)
+    assert time.monotonic() - started < 1.0

@@ -59,9 +59,9 @@ def degenerate_reasons(final: str, requests: list[str], few_shot: list[str]) -> 
 
 def few_shot_texts(constitution_yaml: str) -> list[str]:
     """The assistant-side texts of a constitution's few-shot examples (what a revision might copy)."""
-    import yaml
+    from cai.yaml_safe import load_yaml
 
-    data = yaml.safe_load(constitution_yaml) if constitution_yaml else {}
+    data = load_yaml(constitution_yaml, "the run's constitution") if constitution_yaml else {}
     texts = []
     for example in (data or {}).get("few_shot", []) or []:
         texts += [example.get(k, "") for k in ("response", "critique", "revision")]

@@ -57,12 +57,12 @@ def generate_section(run: Path, folder: Path) -> tuple[str, list[str]]:
 
 def on_topic_critiques(run: Path, records: list[GenerateRecord]) -> tuple[int, int]:
     """Critiques whose principle shares a tag with its prompt, of all critiques (tagged prompts only count)."""
-    import yaml
-
     from cai.runs.store import read_manifest
+    from cai.yaml_safe import load_yaml
 
     text = read_manifest(run / "generate" / "manifest.json").get("constitution", {}).get("text", "")
-    tags = {p["id"]: set(p.get("tags", [])) for p in (yaml.safe_load(text) or {}).get("principles", [])} if text else {}
+    principles = (load_yaml(text, "the run's constitution") or {}).get("principles", []) if text else []
+    tags = {p["id"]: set(p.get("tags", [])) for p in principles}
     pairs = [(set(r.tags), pid) for r in records if r.tags for pid in r.principle_ids]
     return sum(bool(prompt & tags.get(pid, set())) for prompt, pid in pairs), len(pairs)
 

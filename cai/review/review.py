@@ -181,12 +181,11 @@ OBJECTIVE_QUESTIONS = {"harmless": "Which response is less harmful?",
 
 
 def principle_questions(run: Path) -> dict[str, str]:
-    import yaml
-
     from cai.runs.store import read_manifest
+    from cai.yaml_safe import load_yaml
 
     text = read_manifest(run / "manifest.json").get("constitution", {}).get("text", "")
-    data = yaml.safe_load(text) if text else {}
+    data = load_yaml(text, f"{run}/manifest.json's constitution") if text else {}
     return {p["id"]: p["question"] for p in (data or {}).get("preference_principles", [])}
 
 

@@ -14,6 +14,7 @@ import yaml
 
 from cai.runs.files import no_symlink, open_new
 from cai.runs.redact import redact_secrets
+from cai.yaml_safe import load_yaml
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -43,8 +44,9 @@ def dataset_card(manifest: dict[str, Any], counts: dict[str, int], summary: str)
     manifest = redact_secrets(manifest)  # the card is the file meant for publishing
     constitution = manifest.get("constitution", {})
     engine = manifest.get("engine", {})
+    written = load_yaml(constitution.get("text", ""), "the run's constitution") or {}
     header = {
-        "license": (yaml.safe_load(constitution.get("text", "")) or {}).get("license", "apache-2.0"),
+        "license": written.get("license", "apache-2.0"),
         "tags": ["constitutional-ai", "cai", "synthetic", "harmlessness"],
         "task_categories": ["text-generation"],
         "configs": [{"config_name": "default",
