@@ -86,12 +86,12 @@ def test_newtons_method_needs_only_a_handful_of_steps():
     """The exact Hessian converges quadratically: eight steps give the fit of two thousand (a wrong curvature or a
     wrong sign in the update would still be far off after eight)."""
     p = [0.9, 0.8, 0.3, 0.6, 0.2, 0.7]
-    d = [40.0, 10.0, -20.0, 5.0, -35.0, 0.0]
+    d = [40.0, 35.0, -5.0, 30.0, 20.0, 45.0]  # mostly longer: the cross term of the curvature is far from 0
     full, short = length_controlled_win_rate(p, d), length_controlled_win_rate(p, d, steps=8)
     assert short["length_controlled_win_rate"] == pytest.approx(full["length_controlled_win_rate"], abs=1e-9)
     assert short["length_coefficient"] == pytest.approx(full["length_coefficient"], abs=1e-8)
     # and it is a fit: the gradient at the answer is zero
-    std = math.sqrt(sum((v - sum(d) / 6) ** 2 for v in d) / 5)
+    std = math.sqrt(sum((v - sum(d) / 6) ** 2 for v in d) / 5)  # the sample std
     x = [math.tanh(v / std) for v in d]
     a = math.log(full["length_controlled_win_rate"] / (1 - full["length_controlled_win_rate"]))
     q = [_sigmoid(a + full["length_coefficient"] * xi) for xi in x]
@@ -252,6 +252,11 @@ def test_demonstrations_come_first_and_arguments_reach_the_prompt():
     assert "Human: Hi?" in shown[0]["content"] and "(A) Hello!" in shown[0]["content"]
     assert "(B) Go away." in shown[0]["content"] and "Which is kinder?" in shown[0]["content"]
     assert judge_examples([], JudgeSettings()) == []
+    second = JudgeExample(prompt="Bye?", response_a="Whatever.", response_b="Goodbye, take care!",
+                          question="Which is kinder?", answer="B")
+    both = judge_examples([example, second], JudgeSettings())
+    assert both[:2] == shown and [m["role"] for m in both] == ["user", "assistant"] * 2
+    assert "Human: Bye?" in both[2]["content"] and both[3]["content"] == "The answer is (B)"
     engine = Scripted([lp("A", 0.6), lp("B", 0.2)])
     run(engine, examples=shown, arguments=[{"side": "A", "text": "A is warm."}])
     messages = engine.calls[0][0]
