@@ -27,7 +27,10 @@ use_pip=0
 pip_install() {  # `pip install ARGS`, through uv when it is there
   if [ "$use_pip" = 1 ] || [ ! -x .venv/bin/uv ]; then .venv/bin/pip install "$@"; return; fi
   # pip takes the best version across all its indexes; uv, by default, only the first index that has a package
-  local args=(--python .venv/bin/python --index-strategy unsafe-best-match) value item
+  # --compile-bytecode: pip writes .pyc files at install time, uv does not; without them every process of a run
+  # (vLLM starts its engine process with `python -B`, which never writes them) compiles torch, transformers and
+  # vLLM from source on each start
+  local args=(--python .venv/bin/python --index-strategy unsafe-best-match --compile-bytecode) value item
   value=$(pip_setting index-url); [ -n "$value" ] && args+=(--index-url "$value")
   for item in $(pip_setting extra-index-url); do args+=(--extra-index-url "$item"); done
   for item in $(pip_setting find-links); do args+=(--find-links "$item"); done
