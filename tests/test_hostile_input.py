@@ -494,7 +494,5 @@ def test_a_yaml_bomb_in_a_run_manifest_is_refused_when_review_reads_it(tmp_path)
     from cai.review.review import principle_questions
 
     (tmp_path / "manifest.json").write_text(json.dumps({"kind": "judge", "constitution": {"text": BOMB}}))
-    started = time.monotonic()
-    with pytest.raises(YAMLInputError):
+    with pytest.raises(YAMLInputError, match="aliases"):
         principle_questions(tmp_path)
-    assert time.monotonic() - started < 1.0
