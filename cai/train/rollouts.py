@@ -70,8 +70,8 @@ class TransformersRollouts(Rollouts):
         self.policy = policy
         self.batch_size = batch_size
         self.seeded = seeded
-        """With `seeds`, draw each response alone from torch's generator seeded with its own seed (the same draw
-        whichever process or batch it falls in, at the cost of batching); otherwise one batched draw."""
+        """With `seeds`, each response's draw comes from a generator seeded with its own seed (the same draw
+        whichever process or batch it falls in; `GumbelPerRow`); otherwise one draw from torch's generator."""
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         self.policy = policy
@@ -89,16 +89,12 @@ class TransformersRollouts(Rollouts):
         """`model.generate` draws from torch's global generator: fixed draws come from the caller seeding it
         (PPO's evaluation forks and seeds it), or, for a `seeded` sampler, from each response's own seed."""
         if self.seeded and seeds is not None:
-            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-            out = []
-            for ids, seed in zip(prompt_ids, seeds, strict=True):
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(seed)
-                    out += self._generate([ids])
-            return out
+            if len(seeds) != len(prompt_ids):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts")
+            return self._generate(prompt_ids, seeds)
         return self._generate(prompt_ids)
 
-    def _generate(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+    def _generate(self, prompt_ids: list[list[int]], seeds: list[int] | None = None) -> list[list[int]]:
         was_training = self.policy.training
         self.policy.eval()
         device = next(self.policy.parameters()).device
@@ -106,19 +102,59 @@ class TransformersRollouts(Rollouts):
         # repetition_penalty, top_k, suppress_tokens ...), which would sample from another distribution than
         # the one PPO scores: the model's config is swapped for a fresh one while sampling.
         model = hf_model(self.policy)
-        saved, model.generation_config = model.generation_config, self.sampling_config()
+        config = self.sampling_config() if seeds is None else self.seeded_config()
+        saved, model.generation_config = model.generation_config, config
         out: list[list[int]] = []
         step = self.batch_size or len(prompt_ids)
         try:
             for start in range(0, len(prompt_ids), step):
                 ids, mask = left_pad(prompt_ids[start: start + step], self.tokenizer.pad_token_id)
+                extra = {} if seeds is None else {"logits_processor": self.seeded_processors(
+                    seeds[start: start + step], device)}
                 generated = self.policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                                 generation_config=model.generation_config)
+                                                 generation_config=config, **extra)
                 out += [cut_at_end(row[ids.shape[1]:].tolist(), self.stop) for row in generated]
         finally:
             model.generation_config = saved
             self.policy.train(was_training)
         return out
+
+    def seeded_config(self) -> Any:
+        """The batched, per-response-seeded draw: `generate` takes the argmax of what `seeded_processors` leave,
+        which is a sample of softmax(logits / T) after top-p (the Gumbel-max trick), PPO's distribution."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens,
+                                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.stop))
+
+    def seeded_processors(self, seeds: list[int], device: torch.device) -> Any:
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        if self.temperature <= 0:
+            return LogitsProcessorList()  # greedy: nothing to draw
+        warpers = [TemperatureLogitsWarper(self.temperature)]
+        if self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(self.top_p))
+        return LogitsProcessorList([*warpers, GumbelPerRow(seeds, device)])
+
+
+class GumbelPerRow:
+    """Adds Gumbel noise drawn from each row's own generator, seeded with that row's seed: the argmax is then a
+    draw from softmax(scores), and a row's draw depends on its seed alone, not on the batch it shares (one row
+    alone, or eight, or split over processes, give the same tokens up to float noise in the logits). Sampling a
+    batch in one `generate` this way is several times faster on a CPU than drawing each response alone."""
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(seed)) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows for {len(self.generators)} seeds")
+        tiny = torch.finfo(torch.float32).tiny
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device)
+                               for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny)))
+        return scores.float() + gumbel
 
 
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:
