@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +45,9 @@ async def measure() -> dict:
     target.parent.mkdir(exist_ok=True)
     for old in target.parent.glob("*.json"):
         old.unlink()  # one check is shipped: a stale one would never be read again
-    shutil.copyfile(cache_dir() / "judge-checks" / f"{key}.json", target)
+    entry = json.loads((cache_dir() / "judge-checks" / f"{key}.json").read_text())
+    entry["file"] = "prompts/judge-eval.jsonl"  # not this machine's path (a reader names its own file anyway)
+    target.write_text(json.dumps(entry, indent=2))
     return {"shipped": str(target.relative_to(REPO)), "accuracy": quality["accuracy"], "pairs": quality["pairs"]}
 
 

