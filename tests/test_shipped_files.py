@@ -95,3 +95,40 @@ def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipe
     assert not (tmp_path / "cache" / "judge-checks").exists()  # nothing measured, nothing written
     monkeypatch.setenv("CAI_RECHECK_JUDGE", "1")
     assert made_before(key, tmp_path / "cache" / "judge-checks" / f"{key}.json") is None
+
+
+@pytest.mark.parametrize("recipe", ["quickstart.yaml", "quickstart-grpo.yaml"])
+def test_every_judge_check_of_the_quickstart_recipes_is_the_shipped_one(recipe, monkeypatch):
+    """Each stage of the quickstart recipes that checks the embedded judge (judge, eval, the GRPO reward) asks the
+    check the shipped one answers, so a fresh machine runs them without measuring it (pure: configs and keys)."""
+    from cai.config import EvalConfig, JudgeConfig
+    from cai.engines.vllm_engine import EMBEDDED_NAME, engine_settings
+    from cai.evaluate.model import judge_config_of
+    from cai.judge.check import SHIPPED, cache_key
+    from cai.judge.reward import ConstitutionReward
+    from cai.pipeline import load_recipe
+    from cai.train.grpo_rewards import judge_options
+    from cai.train.rl_config import GRPOConfig
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+    class Embedded:
+        def __init__(self, engine):
+            self.engine = engine
+
+        def describe(self):
+            return {"backend": "vllm", "model": EMBEDDED_NAME, **engine_settings(self.engine, on_cpu=True)}
+
+    settings = load_recipe(REPO / "recipes" / recipe).settings
+    judges = []
+    if "judge" in settings:
+        judges.append(JudgeConfig(**{**settings["judge"], "source": "-"}))
+    if "eval" in settings:
+        judges.append(judge_config_of(EvalConfig(**{**settings["eval"], "trained": "x"})))
+    if "grpo" in settings:
+        judges.append(ConstitutionReward.configs(**judge_options(GRPOConfig(**{**settings["grpo"], "out": "x"})))[1])
+    assert len(judges) == 2
+    shipped = {p.stem for p in (REPO / "prompts" / SHIPPED).glob("*.json")}
+    for judge in judges:
+        assert judge.check_judge and judge.engine.model is None and not judge.engine.base_urls
+        assert cache_key(Embedded(judge.engine), judge) in shipped

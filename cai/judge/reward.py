@@ -87,15 +87,11 @@ class ConstitutionReward:
                gpu_memory_utilization: float | None = None) -> ConstitutionReward:
         """A reward with its own judge engine on its own event loop (the embedded model, a path, or
         `openai/<name>` served at `base_urls`), prepared as `cai judge` prepares it (check, fit, calibration)."""
-        from cai.config import JudgeConfig
-        from cai.engines import EngineConfig, create_engine
+        from cai.engines import create_engine
         from cai.judge.check import prepare_judge
 
-        engine_config = EngineConfig(model=model, base_urls=list(base_urls),
-                                     gpu_memory_utilization=gpu_memory_utilization)
-        config = JudgeConfig(source="-", constitution=constitution, principles_per_pair=principles, seed=seed,
-                             engine=engine_config, judge_format=judge_format, calibration=calibration,
-                             check_judge=check)
+        engine_config, config = cls.configs(constitution, model, base_urls, principles, judge_format, calibration,
+                                            check, seed, gpu_memory_utilization)
         loop = asyncio.new_event_loop()
 
         async def start():
@@ -104,6 +100,20 @@ class ConstitutionReward:
 
         engine, judge = loop.run_until_complete(start())
         return cls(judge, mode, weights, principles, seed, loop, engine)
+
+    @staticmethod
+    def configs(constitution: str = "harmless", model: str | None = None, base_urls: Sequence[str] = (),
+                principles: int = 4, judge_format: str = "hybrid", calibration: str | None = None,
+                check: bool = True, seed: int = 0, gpu_memory_utilization: float | None = None) -> tuple[Any, Any]:
+        """(engine config, `cai judge` settings) of the judge `create` starts: what its check is keyed by."""
+        from cai.config import JudgeConfig
+        from cai.engines import EngineConfig
+
+        engine_config = EngineConfig(model=model, base_urls=list(base_urls),
+                                     gpu_memory_utilization=gpu_memory_utilization)
+        return engine_config, JudgeConfig(source="-", constitution=constitution, principles_per_pair=principles,
+                                          seed=seed, engine=engine_config, judge_format=judge_format,
+                                          calibration=calibration, check_judge=check)
 
     # --- TRL's signature ------------------------------------------------------------------------------------
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:

@@ -29,11 +29,8 @@ class Rewards:
         if config.constitution_reward:
             from cai.judge.reward import ConstitutionReward
 
-            constitution = ConstitutionReward.create(
-                config.constitution, model=config.judge, base_urls=config.judge_base_urls, mode=config.reward_mode,
-                weights=config.weights_by_principle, principles=config.reward_principles,
-                judge_format=config.judge_format, calibration=config.judge_calibration, check=config.judge_check,
-                seed=config.seed, gpu_memory_utilization=config.judge_gpu_memory_utilization)
+            constitution = ConstitutionReward.create(mode=config.reward_mode, weights=config.weights_by_principle,
+                                                     **judge_options(config))
             sources.append(("constitution", constitution, weights.pop(0)))
         for i, path in enumerate(config.reward_model):
             scorer = make_scorer(path, batch_size=config.batch_size, trust_remote_code=config.trust_remote_code)
@@ -58,3 +55,11 @@ class Rewards:
     def close(self) -> None:
         if self.constitution is not None:
             self.constitution.close()
+
+
+def judge_options(config: Any) -> dict[str, Any]:
+    """The constitution reward's judge, as `ConstitutionReward.create` and `.configs` take it."""
+    return dict(constitution=config.constitution, model=config.judge, base_urls=config.judge_base_urls,
+                principles=config.reward_principles, judge_format=config.judge_format,
+                calibration=config.judge_calibration, check=config.judge_check, seed=config.seed,
+                gpu_memory_utilization=config.judge_gpu_memory_utilization)
