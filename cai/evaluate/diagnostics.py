@@ -126,7 +126,15 @@ def _judge_line(quality: JudgeQuality | None) -> dict[str, str]:
     return {"mark": "unclear" if shipped else "good",
             "text": f"The judge passed its check: accuracy {quality.accuracy:.2f} on {quality.pairs} labelled pairs"
                     + (" of the shipped set, written in-house: check it on pairs like yours (--judge-check) before "
-                       "trusting the rest." if shipped else ".")}
+                       "trusting the rest." if shipped else ".") + _shipped_check(quality)}
+
+
+def _shipped_check(quality: JudgeQuality) -> str:
+    if quality.cached != "shipped":
+        return ""
+    measured = quality.measured or {}
+    return (f" That check was not measured on this machine: it ships with cai (measured {measured.get('at', '?')} "
+            f"on {measured.get('on', '?')}); CAI_RECHECK_JUDGE=1 measures it here.")
 
 
 def _harm_line(harm: WinRate, judged_ok: bool | None) -> dict[str, str]:

@@ -74,6 +74,10 @@ class JudgeQuality(_Open):
     pairs: int | None = None
     min_accuracy: float | None = None
     file: str | None = None
+    cached: str | bool | None = None
+    """"cache" (measured before on this machine), "shipped" (the check shipped with cai), or False (measured now)."""
+    measured: dict[str, str] | None = None
+    """When and on what the check was measured (`at`, `on`)."""
 
 
 class EvalResults(_Open):
