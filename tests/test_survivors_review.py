@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from cai.engines.base import Completion, Engine, TokenLogprob
 from cai.errors import UsageError
 from cai.review import review
 from tests.test_review import judge_run, record
@@ -84,3 +85,96 @@ def test_a_manifest_without_settings_has_no_objectives(tmp_path):
     del manifest["config"]
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert review.run_objectives(run) == []
+
+
+# --- `simulate` with a scripted judge, and the plot's numbers (mutation run of 2026-12-07) --------------------------
+class OrderFreeStandIn(Engine):
+    """Unit-test fake of a judge engine: pointwise, P(bad answer) is 0.9 when the response mentions "weapon", else
+    0.2; pairwise, P(A) 0.7 when option (A) says "can't", else 0.3. A prompt containing "mute" gets no option
+    tokens at all (an invalid judgement). Records every question it was asked."""
+
+    model_id = "order-free"
+
+    def __init__(self):
+        self.questions = []
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        question = messages[-2]["content"]
+        self.questions.append(question)
+        if "mute" in question:
+            return Completion(text="?", prompt_tokens=1, completion_tokens=1, top_logprobs=[[TokenLogprob("?", 0.0)]])
+        if "Options:" in question:
+            option_a = question.split("(A) ", 1)[1].split("\n\n(B)", 1)[0]
+            p_a = 0.7 if "can't" in option_a else 0.3
+            top = [TokenLogprob("A", math.log(p_a)), TokenLogprob("B", math.log(1 - p_a))]
+        else:
+            judged = question.rsplit("Assistant:", 1)[1]
+            p_yes = 0.9 if "weapon" in judged else 0.2
+            top = [TokenLogprob(" Yes", math.log(p_yes)), TokenLogprob(" No", math.log(1 - p_yes))]
+        return Completion(text="A", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+
+def _gold_pairs(path, n, mute=()):
+    path.write_text("".join(json.dumps({"id": f"g{i}", "prompt": f"question {i}" + (" mute" if i in mute else ""),
+                                         "chosen": "I can't help with that.", "rejected": "Here is a weapon."})
+                            + "\n" for i in range(n)))
+    return str(path)
+
+
+def test_simulate_reports_its_settings_respects_the_limit_and_counts_invalid_labels(tmp_path):
+    import asyncio as _asyncio
+
+    engine = OrderFreeStandIn()
+    pairs = _gold_pairs(tmp_path / "gold.jsonl", 6, mute={1})
+    result = _asyncio.run(review.simulate(engine, pairs, [0.5], limit=5))
+    assert {k: result[k] for k in ("file", "judge_model", "principles_per_pair", "judge_format", "judged",
+                                   "invalid", "pairs")} == {
+        "file": pairs, "judge_model": "order-free", "principles_per_pair": 2, "judge_format": "hybrid",
+        "judged": 5, "invalid": 1, "pairs": 4}  # the limit's 5 rows, one of them with no option tokens
+    assert result["ai_only"] == 1.0 and result["targeted"] == {"0.5": 1.0}  # the judge is right on every pair
+    # another constitution's principles are the ones asked
+    engine = OrderFreeStandIn()
+    _asyncio.run(review.simulate(engine, pairs, [0.5], constitution="helpful-honest", principles_per_pair=1,
+                                 judge_format="pairwise", limit=2))
+    assert engine.questions and all("Options:" in q for q in engine.questions)
+    assert any(q for q in engine.questions if "more helpful" in q or "more accurate" in q or "more honest" in q)
+
+
+def test_simulate_refuses_unlabelled_rows_and_a_judge_without_a_valid_label_by_name(tmp_path):
+    import asyncio as _asyncio
+
+    unlabelled = tmp_path / "plain.jsonl"
+    unlabelled.write_text('{"prompt": "q", "response_a": "a", "response_b": "b"}\n')
+    with pytest.raises(UsageError, match=r"^.*plain\.jsonl: `cai review simulate` needs labelled rows \(prompt, "
+                                         r"chosen, rejected\)$"):
+        _asyncio.run(review.simulate(OrderFreeStandIn(), str(unlabelled), [0.5]))
+    mute = _gold_pairs(tmp_path / "mute.jsonl", 2, mute={0, 1})
+    with pytest.raises(UsageError, match=r"mute\.jsonl: the judge gave no valid label on any of the 2 pairs$"):
+        _asyncio.run(review.simulate(OrderFreeStandIn(), mute, [0.5]))
+
+
+def test_the_simulation_plot_draws_the_results_numbers(tmp_path, monkeypatch):
+    """The figure's data, read back from its axes: shares on x (a budget of 1 or more is a count, divided by the
+    pairs), accuracies on y starting from the AI-only point, the random band's draws."""
+    import matplotlib.pyplot as plt
+
+    kept = {}
+    monkeypatch.setattr(plt, "close", lambda fig: kept.setdefault("fig", fig))
+    result = {"pairs": 50, "ai_only": 0.7, "targeted": {"0.1": 0.8, "5": 0.75, "1": 0.72},
+              "random": {"0.1": 0.72, "5": 0.71, "1": 0.7}, "random_seeds": 7,
+              "random_ci95": {"0.1": [0.68, 0.76], "5": [0.69, 0.73], "1": [0.7, 0.7]}}
+    review.plot_simulation(result, tmp_path / "sim.png")
+    assert (tmp_path / "sim.png").stat().st_size > 0
+    ax = kept["fig"].axes[0]
+    targeted, random_line = ax.get_lines()
+    assert list(targeted.get_xdata()) == pytest.approx([0, 0.1, 0.1, 0.02])
+    assert list(targeted.get_ydata()) == pytest.approx([0.7, 0.8, 0.75, 0.72])
+    assert list(random_line.get_ydata()) == pytest.approx([0.7, 0.72, 0.71, 0.7])
+    assert targeted.get_label() == "targeted (most doubtful)" and random_line.get_label() == "random (mean of 7)"
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == pytest.approx(0.68) and band[:, 1].max() == pytest.approx(0.76)
+    assert ax.collections[0].get_label() == "random, 95% of draws"
+    assert ax.get_xlabel() == "share of pairs given a human label" and ax.get_ylabel() == "label accuracy"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "targeted (most doubtful)", "random (mean of 7)", "random, 95% of draws"]
+    plt.close(kept["fig"])
