@@ -178,3 +178,57 @@ def test_the_simulation_plot_draws_the_results_numbers(tmp_path, monkeypatch):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "targeted (most doubtful)", "random (mean of 7)", "random, 95% of draws"]
     plt.close(kept["fig"])
+
+
+def test_reason_names_the_signals_above_one_half_largest_first():
+    assert review.reason({"a": 0.6, "b": 0.9, "c": 0.5, "d": 0.1}) == "b 0.90, a 0.60"  # 0.5 is not above
+    assert review.reason({"margin": 0.2}) == "least confident of the rest"
+
+
+def test_budget_count_at_one_and_a_fractional_count_above_it():
+    assert review.budget_count(1, 10) == 1 and review.budget_count(1.0, 10) == 1  # 1 is a count, not 100%
+    assert review.budget_count(0.25, 10) == 3  # 2.5 rounds half up
+    with pytest.raises(UsageError, match=r"^--budget 1\.5: a count must be a whole number \(or give a fraction "
+                                         r"below 1\)$"):
+        review.budget_count(1.5, 10)
+
+
+def test_rank_reads_each_pairs_reward_model_marks_abstentions_and_rounds_the_doubt():
+    from cai.judge.record import JudgeRecord
+
+    a = JudgeRecord(id="a", status="ok", p_first=0.8, position_consistency=1.0)
+    b = JudgeRecord(id="b", status="ok", p_first=0.6, position_consistency=1.0, abstain=True)
+    rows = review.rank([a, b], {"a": 0.2})
+    # a: margin 1 - 2 x .3 = .4, position 0, reward model |.2 - .8| = .6: doubt 1/3; b: margin .8, position 0: .4
+    assert rows == [
+        {"pair_id": "b", "doubt": 0.4, "signals": {"margin": pytest.approx(0.8), "position": 0.0},
+         "reason": "the judge abstained; margin 0.80", "p_first": 0.6, "abstain": True},
+        {"pair_id": "a", "doubt": 0.333333, "signals": {"margin": pytest.approx(0.4), "position": 0.0,
+                                                        "reward_model": pytest.approx(0.6)},
+         "reason": "reward_model 0.60", "p_first": 0.8, "abstain": False}]
+
+
+def test_principle_questions_of_manifests_without_a_constitution_or_its_principles_and_a_broken_one(tmp_path):
+    from cai.yaml_safe import YAMLInputError
+
+    def run_with(manifest):
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        return folder
+
+    assert review.principle_questions(run_with({"kind": "judge"})) == {}
+    assert review.principle_questions(run_with({"constitution": {}})) == {}
+    assert review.principle_questions(run_with({"constitution": {"text": "name: c\n"}})) == {}
+    text = "preference_principles:\n  - id: p1\n    question: Which is kinder?\n"
+    assert review.principle_questions(run_with({"constitution": {"text": text}})) == {"p1": "Which is kinder?"}
+    broken = run_with({"constitution": {"text": "a: [unclosed"}})
+    with pytest.raises(YAMLInputError, match=r"manifest\.json's constitution: not valid YAML"):
+        review.principle_questions(broken)
+
+
+def test_queue_files_keep_non_ascii_text_readable_and_leave_no_partial_file(tmp_path):
+    path = tmp_path / "queue.jsonl"
+    review._write_jsonl(path, [{"text": "café — naïve"}, {"n": 2}])
+    assert path.read_text(encoding="utf-8") == '{"text": "café — naïve"}\n{"n": 2}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["queue.jsonl"]
