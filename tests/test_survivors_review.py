@@ -232,3 +232,31 @@ def test_queue_files_keep_non_ascii_text_readable_and_leave_no_partial_file(tmp_
     review._write_jsonl(path, [{"text": "café — naïve"}, {"n": 2}])
     assert path.read_text(encoding="utf-8") == '{"text": "café — naïve"}\n{"n": 2}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["queue.jsonl"]
+
+
+def _judged(**by_principle):
+    return [{"principle_id": pid, "order": order, "valid": True, "p_first": p}
+            for pid, (ab, ba) in by_principle.items() for order, p in (("AB", ab), ("BA", ba))]
+
+
+def test_record_signals_per_objective_skip_unlabelled_ones_and_take_the_most_doubtful():
+    from cai.judge.record import JudgeRecord
+
+    judgements = _judged(p1=(0.9, 0.7), p2=(0.6, 0.4), p3=(0.6, 0.5))  # two-order means .8, .5, .55
+    harmless = {"p_first": 0.8, "position_consistency": 1.0, "principle_ids": ["p1", "p2"]}
+    unlabelled = {"p_first": None, "principle_ids": []}
+    # harmless: margin 1 - 2 x .3 = .4, position 0, principles 2 x std(.8, .5) = .3, reward model |.3 - .8| = .5
+    # (the reward model reads the first objective only): doubt .3
+    first_wins = JudgeRecord(id="a", status="ok", p_first=0.8, judgements=judgements, objectives={
+        "harmless": harmless, "helpful": unlabelled,
+        "honest": {"p_first": 0.9, "position_consistency": 1.0, "principle_ids": ["p3"]}})  # doubt .1
+    signals = review.record_signals(first_wins, 0.3)
+    assert signals == pytest.approx({"margin": 0.4, "position": 0.0, "principles": 0.3, "reward_model": 0.5})
+    # honest at .55 with orders agreeing half the time: margin .9, position .5, one principle (no spread): .7
+    last_wins = first_wins.model_copy(update={"objectives": {
+        "harmless": harmless, "helpful": unlabelled,
+        "honest": {"p_first": 0.55, "position_consistency": 0.5, "principle_ids": ["p3"]}}})
+    assert review.record_signals(last_wins, 0.3) == pytest.approx({"margin": 0.9, "position": 0.5})
+    # no objectives: the record's own label, with the reward model's reading
+    plain = JudgeRecord(id="b", status="ok", p_first=0.7, position_consistency=1.0, judgements=judgements[:2])
+    assert review.record_signals(plain, 0.2) == pytest.approx({"margin": 0.6, "position": 0.0, "reward_model": 0.5})
