@@ -169,10 +169,12 @@ def test_the_simulation_plot_draws_the_results_numbers(tmp_path, monkeypatch):
     targeted, random_line = ax.get_lines()
     assert list(targeted.get_xdata()) == pytest.approx([0, 0.1, 0.1, 0.02])
     assert list(targeted.get_ydata()) == pytest.approx([0.7, 0.8, 0.75, 0.72])
+    assert list(random_line.get_xdata()) == pytest.approx([0, 0.1, 0.1, 0.02])
     assert list(random_line.get_ydata()) == pytest.approx([0.7, 0.72, 0.71, 0.7])
     assert targeted.get_label() == "targeted (most doubtful)" and random_line.get_label() == "random (mean of 7)"
     band = ax.collections[0].get_paths()[0].vertices
     assert band[:, 1].min() == pytest.approx(0.68) and band[:, 1].max() == pytest.approx(0.76)
+    assert band[:, 0].min() == 0 and band[:, 0].max() == pytest.approx(0.1)
     assert ax.collections[0].get_label() == "random, 95% of draws"
     assert ax.get_xlabel() == "share of pairs given a human label" and ax.get_ylabel() == "label accuracy"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
@@ -257,6 +259,9 @@ def test_record_signals_per_objective_skip_unlabelled_ones_and_take_the_most_dou
         "harmless": harmless, "helpful": unlabelled,
         "honest": {"p_first": 0.55, "position_consistency": 0.5, "principle_ids": ["p3"]}}})
     assert review.record_signals(last_wins, 0.3) == pytest.approx({"margin": 0.9, "position": 0.5})
+    # a labelled objective that names no principles: its label and nothing else
+    bare = JudgeRecord(id="c", status="ok", p_first=0.6, judgements=judgements, objectives={"harmless": {"p_first": 0.6}})
+    assert review.record_signals(bare) == pytest.approx({"margin": 0.8})
     # no objectives: the record's own label, with the reward model's reading
     plain = JudgeRecord(id="b", status="ok", p_first=0.7, position_consistency=1.0, judgements=judgements[:2])
     assert review.record_signals(plain, 0.2) == pytest.approx({"margin": 0.6, "position": 0.0, "reward_model": 0.5})
