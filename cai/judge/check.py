@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from cai.errors import CaiError
@@ -117,7 +118,7 @@ async def check_judge(engine: Any, config: Any, debaters: Any = None) -> dict[st
             "min_accuracy": config.min_judge_accuracy, "cached": False}
 
 
-def made_before(key: str, cached: Any) -> tuple[dict[str, Any], str] | None:
+def made_before(key: str, cached: Path) -> tuple[dict[str, Any], str] | None:
     """(the check, "cache" or "shipped"): this machine's cache first, then the checks shipped with cai; None when
     there is neither or `CAI_RECHECK_JUDGE=1` asks for a new measurement."""
     from cai.resources import data_dir
