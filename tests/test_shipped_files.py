@@ -55,6 +55,20 @@ def test_every_benchmark_imports_and_answers_help(script):
     assert "usage:" in done.stdout
 
 
+class EmbeddedOnCpu:
+    """Stand-in (pure logic) for the embedded model's vLLM engine on a CPU: only `describe()`, from the settings
+    the real engine would run with, so a check's cache key is computed without starting one."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def describe(self):
+        from cai.engines.vllm_engine import EMBEDDED_NAME, engine_settings
+
+        return {"backend": "vllm", "model": EMBEDDED_NAME, "model_path": "/anywhere",
+                **engine_settings(self.engine, on_cpu=True)}
+
+
 def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipes(monkeypatch, tmp_path):
     """The check shipped in prompts/judge-checks/ is read only under its cache key: a change to the templates, the
     constitution, the check set or the judge's defaults makes it stale, and a fresh machine would then spend ~11
@@ -63,19 +77,13 @@ def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipe
     import json
 
     from cai.engines import EngineConfig
-    from cai.engines.vllm_engine import EMBEDDED_NAME, engine_settings
     from cai.judge.check import SHIPPED, cache_key
     from scripts.ship_judge_check import shipped_judge_config
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-    class EmbeddedOnCpu:
-        def describe(self):
-            return {"backend": "vllm", "model": EMBEDDED_NAME, "model_path": "/anywhere",
-                    **engine_settings(EngineConfig(gpu_memory_utilization=0.15), on_cpu=True)}
-
     shipped = sorted((REPO / "prompts" / SHIPPED).glob("*.json"))
-    key = cache_key(EmbeddedOnCpu(), shipped_judge_config())
+    key = cache_key(EmbeddedOnCpu(EngineConfig(gpu_memory_utilization=0.15)), shipped_judge_config())
     assert [p.stem for p in shipped] == [key], "stale shipped judge check: run scripts/ship_judge_check.py"
     quality = json.loads(shipped[0].read_text())
     assert quality["judge_format"] == "hybrid" and quality["checked_pairs"] == 148  # the whole shipped set
@@ -86,7 +94,7 @@ def test_the_shipped_judge_check_matches_the_default_judge_of_the_shipped_recipe
     from cai.judge.check import check_judge, describe, made_before
 
     monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path / "cache"))
-    read = asyncio.run(check_judge(EmbeddedOnCpu(), shipped_judge_config()))
+    read = asyncio.run(check_judge(EmbeddedOnCpu(EngineConfig()), shipped_judge_config()))
     assert read["cached"] == "shipped" and read["accuracy"] == quality["accuracy"]
     assert read["passed"] == (quality["accuracy"] >= 0.7) and read["file"].endswith("judge-eval.jsonl")
     text = describe(read)
@@ -102,7 +110,6 @@ def test_every_judge_check_of_the_quickstart_recipes_is_the_shipped_one(recipe, 
     """Each stage of the quickstart recipes that checks the embedded judge (judge, eval, the GRPO reward) asks the
     check the shipped one answers, so a fresh machine runs them without measuring it (pure: configs and keys)."""
     from cai.config import EvalConfig, JudgeConfig
-    from cai.engines.vllm_engine import EMBEDDED_NAME, engine_settings
     from cai.evaluate.model import judge_config_of
     from cai.judge.check import SHIPPED, cache_key
     from cai.judge.reward import ConstitutionReward
@@ -111,13 +118,6 @@ def test_every_judge_check_of_the_quickstart_recipes_is_the_shipped_one(recipe, 
     from cai.train.rl_config import GRPOConfig
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
-    class Embedded:
-        def __init__(self, engine):
-            self.engine = engine
-
-        def describe(self):
-            return {"backend": "vllm", "model": EMBEDDED_NAME, **engine_settings(self.engine, on_cpu=True)}
 
     settings = load_recipe(REPO / "recipes" / recipe).settings
     judges = []
@@ -131,4 +131,4 @@ def test_every_judge_check_of_the_quickstart_recipes_is_the_shipped_one(recipe, 
     shipped = {p.stem for p in (REPO / "prompts" / SHIPPED).glob("*.json")}
     for judge in judges:
         assert judge.check_judge and judge.engine.model is None and not judge.engine.base_urls
-        assert cache_key(Embedded(judge.engine), judge) in shipped
+        assert cache_key(EmbeddedOnCpu(judge.engine), judge) in shipped
