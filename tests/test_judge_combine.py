@@ -237,3 +237,81 @@ def test_edges_of_accuracy_the_curve_and_the_band():
     # the defaults `fit_judge` relies on: 0.85 accurate on at least 60% kept
     assert choose_band([{"band": 0.0, "kept": 1.0, "accuracy": 0.86}, {"band": 0.1, "kept": 0.8, "accuracy": 0.95}]) == 0.0
     assert choose_band([{"band": 0.0, "kept": 0.5, "accuracy": 0.99}, {"band": 0.1, "kept": 0.7, "accuracy": 0.9}]) == 0.1
+
+
+def test_the_weaker_order_decides_abstention_computed_by_hand():
+    c = Combiner(rule="logistic", weights={"harm": 1.0, "help": 0.0, "pair": 0.0}, abstain_band=0.15)
+    sure_and_unsure = parts(harm=(2.0, 0.5))  # p_AB = sigmoid(2) = 0.8808, p_BA = sigmoid(0.5) = 0.6225
+    p, consistent = c.label(sure_and_unsure)
+    assert p == pytest.approx(sigmoid(1.25)) and consistent is True  # 0.7773: far from 0.5 on its own
+    assert c.margin(sure_and_unsure) == pytest.approx(sigmoid(0.5) - 0.5)  # 0.1225, the weaker order
+    assert c.abstains(p, consistent, c.margin(sure_and_unsure))  # 0.1225 < 0.15
+    assert not c.abstains(p, consistent)  # without the margin: |p - 0.5| = 0.277
+    assert not Combiner(rule="logistic", weights=c.weights, abstain_band=0.12).abstains(p, True, 0.1225)
+    assert c.margin(parts(harm=(1.0, -0.5))) == 0.0  # the orders pick different winners
+    assert c.margin(parts(harm=(-2.0, -0.5))) == pytest.approx(0.5 - sigmoid(-0.5))  # the same for the other side
+    assert c.margin(parts(harm=(2.0, None))) is None  # an order without evidence: only |p - 0.5| is known
+    calibrated = Combiner(rule="logistic", weights=c.weights, calibration=Calibration("temperature", a=2.0))
+    assert calibrated.margin(sure_and_unsure) == pytest.approx(sigmoid(1.0) - 0.5)  # each order calibrated
+
+
+def test_combiners_from_older_files_keep_the_band_on_the_label():
+    old = Combiner.from_dict({"rule": "logistic", "weights": {"harm": 1.0, "help": 0.0, "pair": 0.0},
+                              "calibration": {"method": "none"}, "abstain_band": 0.2})
+    assert old.abstain_on == "label"
+    assert old.margin(parts(harm=(2.0, 0.5))) == pytest.approx(sigmoid(1.25) - 0.5)
+    assert Combiner.from_dict(Combiner().to_dict()).abstain_on == "weaker-order"
+
+
+def test_selective_curve_keeps_labels_by_their_margin_when_given():
+    probabilities = [0.9, 0.8, 0.7, 0.3]
+    margins = [0.3, 0.05, None, 0.15]  # None: |p - 0.5| = 0.2 stands in
+    curve = selective_curve(probabilities, [True] * 4, [1.0] * 4, bands=(0.0, 0.1, 0.18, 0.25), margins=margins)
+    assert [row["kept"] for row in curve] == [1.0, 3 / 4, 2 / 4, 1 / 4]
+    assert [row["accuracy"] for row in curve] == [3 / 4, 2 / 3, 1.0, 1.0]
+    with pytest.raises(ValueError, match="3 margins for 4 labels"):
+        selective_curve(probabilities, [True] * 4, [1.0] * 4, margins=[0.1] * 3)
+
+
+class OrderSensitiveYesNo:
+    """Unit-test stand-in for the engine (pure logic): P(Yes, harmful) per response and per answer order, so the
+    two orders of one pointwise question disagree in strength by a known amount."""
+
+    model_id = "scripted-order-sensitive"
+    P_YES = {("safe answer", "Yes or No"): 1 / (1 + math.e ** 2), ("safe answer", "No or Yes"): 1 / (1 + math.e ** 0.5),
+             ("risky answer", "Yes or No"): 0.5, ("risky answer", "No or Yes"): 0.5}
+
+    def local_tokenizer(self):
+        return None
+
+    async def generate(self, messages, sampling, *, continue_final=False):
+        from cai.engines import Completion, TokenLogprob
+
+        question = messages[-2]["content"]
+        response = "safe answer" if "Assistant: safe answer" in question else "risky answer"
+        order = "Yes or No" if "Answer Yes or No" in question else "No or Yes"
+        h = self.P_YES[(response, order)]
+        top = [TokenLogprob("Yes", math.log(h)), TokenLogprob("No", math.log(1 - h))]
+        return Completion(text="Yes", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
+
+
+def test_the_judge_abstains_when_its_weaker_answer_order_is_unsure():
+    import asyncio
+
+    from cai.constitution import PreferencePrinciple
+    from cai.judge.compare import JudgeSettings
+    from cai.judge.judge import Judge
+
+    harm = PreferencePrinciple(id="harm", question="Is it harmful?", format="pointwise")
+    weights = {"harm": 1.0, "help": 0.0, "pair": 0.0}
+    conversation = [{"role": "user", "content": "a question"}]
+    labels = {}
+    for band in (0.12, 0.15):
+        judge = Judge(OrderSensitiveYesNo(), JudgeSettings(judge_format="hybrid"),
+                      combiner=Combiner(rule="logistic", weights=weights, abstain_band=band))
+        _, labels[band] = asyncio.run(judge.compare(conversation, "safe answer", "risky answer", [harm]))
+    # harm part per order: logit(0.5) - logit(P(Yes | safe)) = 2.0 (Yes or No) and 0.5 (No or Yes)
+    assert labels[0.15].parts["harm"] == {"AB": pytest.approx(2.0), "BA": pytest.approx(0.5)}
+    assert labels[0.15].p_first == pytest.approx(sigmoid(1.25)) and labels[0.15].consistent is True
+    assert labels[0.15].abstain is True  # the weaker order: sigmoid(0.5) - 0.5 = 0.1225 < 0.15
+    assert labels[0.12].abstain is False

@@ -18,7 +18,11 @@ Rules (`Combiner.rule`):
               default weights are the fit on the shipped check set for the embedded judge (README)
 Calibration: `temperature` p' = sigmoid(logit(p) / T), or `platt` p' = sigmoid(a * logit(p) + b), fitted on both
 orientations of every pair (so b stays 0 unless the data are lopsided). Abstention: a label is withheld from
-training when its two presentation orders disagree or |p - 0.5| < band.
+training when its two presentation orders disagree or when the weaker of them is within `band` of 0.5 (each order
+alone, calibrated, must be that sure: `margin`). Ranking labels by the weaker order rather than by |p - 0.5| is what
+makes the kept labels more accurate as the band grows: on the shipped check set the old rule's kept accuracy was
+flat (0.83-0.84 from 75% to 48% kept), the weaker order's rises (0.85 at 61-65% kept; README). Combiners read from
+files written before this rule (`abstain_on` absent) keep the old one, `label`: |p - 0.5| < band.
 
     combiner = Combiner.default()                   # the fixed harm-first rule
     p, consistent = combiner.label(parts)
@@ -124,7 +128,10 @@ class Combiner:
     """logistic: the weight of each part."""
     calibration: Calibration = field(default_factory=Calibration)
     abstain_band: float = 0.0
-    """Labels with |p - 0.5| below this are marked `abstain`."""
+    """Labels whose weaker order (`margin`) is within this of 0.5 are marked `abstain`."""
+    abstain_on: str = "weaker-order"
+    """What the band is measured on: `weaker-order` (`margin`) or `label` (|p - 0.5|, the rule before
+    2026-12-07, kept for combiners read from older files)."""
 
     @classmethod
     def default(cls, judge_format: str = "hybrid") -> Combiner:
@@ -170,8 +177,27 @@ class Combiner:
             views.append(self.probability(parts, order) > 0.5)
         return p, views[0] == views[1]
 
-    def abstains(self, p: float, consistent: bool | None) -> bool:
-        return consistent is False or abs(p - 0.5) < self.abstain_band - 1e-12
+    def margin(self, parts: Parts) -> float | None:
+        """How sure the weaker presentation order alone is: min over orders of |p_order - 0.5| (calibrated), 0
+        when the orders pick different winners, None when an order has no evidence (then only |p - 0.5| is
+        known). Under `abstain_on: label` it is |p - 0.5| itself."""
+        p = self.probability(parts)
+        if self.abstain_on == "label":
+            return abs(p - 0.5)
+        views = []
+        for order in ORDERS:
+            if all(getattr(parts, name)[order] is None for name in (*FEATURES, "mean")):
+                return None
+            views.append(self.probability(parts, order) - 0.5)
+        if (views[0] > 0) != (views[1] > 0):
+            return 0.0
+        return min(abs(v) for v in views)
+
+    def abstains(self, p: float, consistent: bool | None, margin: float | None = None) -> bool:
+        """Whether a label is withheld: its orders disagree, or its `margin` (|p - 0.5| when unknown) is inside
+        the band."""
+        sure = abs(p - 0.5) if margin is None else margin
+        return consistent is False or sure < self.abstain_band - 1e-12
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +206,7 @@ class Combiner:
     def from_dict(cls, data: dict[str, Any]) -> Combiner:
         data = dict(data)
         data["calibration"] = Calibration(**data.get("calibration", {}))
+        data.setdefault("abstain_on", "label")  # written before the weaker-order rule: its band meant |p - 0.5|
         return cls(**data)
 
 
@@ -290,14 +317,21 @@ def folds(n: int, k: int, seed: int) -> list[list[int]]:
     return [sorted(order[i::k]) for i in range(k)]
 
 
+BANDS = (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3)
+
+
 def selective_curve(probabilities: list[float], consistent: list[bool | None], targets: list[float],
-                    bands: tuple[float, ...] = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3)) -> list[dict]:
-    """For each abstention band: the share of labels kept (position-consistent and |p - 0.5| >= band) and their
-    accuracy."""
+                    bands: tuple[float, ...] = BANDS, margins: list[float | None] | None = None) -> list[dict]:
+    """For each abstention band: the share of labels kept (position-consistent and their margin, |p - 0.5| where
+    `margins` gives none, at least the band) and their accuracy."""
+    margins = margins if margins is not None else [None] * len(probabilities)
+    if len(margins) != len(probabilities):
+        raise ValueError(f"{len(margins)} margins for {len(probabilities)} labels")
+    sure = [abs(p - 0.5) if m is None else m for p, m in zip(probabilities, margins, strict=True)]
     curve = []
     for band in bands:
-        kept = [(p, y) for p, c, y in zip(probabilities, consistent, targets, strict=True)
-                if c is not False and abs(p - 0.5) >= band - 1e-12]  # 0.6 - 0.5 is 0.0999...
+        kept = [(p, y) for p, c, y, s in zip(probabilities, consistent, targets, sure, strict=True)
+                if c is not False and s >= band - 1e-12]  # 0.6 - 0.5 is 0.0999...
         curve.append({"band": band, "kept": len(kept) / max(len(probabilities), 1),
                       "accuracy": accuracy([p for p, _ in kept], [y for _, y in kept]) if kept else None})
     return curve

@@ -37,6 +37,7 @@ def cv_predictions(parts: list[Parts], targets: list[float], rule: str, calibrat
     raw: list[float] = [0.5] * n
     calibrated: list[float] = [0.5] * n
     consistent: list[bool | None] = [None] * n
+    margins: list[float | None] = [None] * n
     for fold in folds(n, min(k, n), seed):
         held = set(fold)
         train = [i for i in range(n) if i not in held]
@@ -44,7 +45,8 @@ def cv_predictions(parts: list[Parts], targets: list[float], rule: str, calibrat
         for i in fold:
             raw[i] = combiner.raw_of(parts[i])
             calibrated[i], consistent[i] = combiner.label(parts[i])
-    return {"raw": raw, "calibrated": calibrated, "consistent": consistent}
+            margins[i] = combiner.margin(parts[i])
+    return {"raw": raw, "calibrated": calibrated, "consistent": consistent, "margins": margins}
 
 
 def metrics(probabilities: list[float], targets: list[float], consistent: list[bool | None]) -> dict[str, Any]:
@@ -88,7 +90,8 @@ def fit_judge(parts: list[Parts], categories: list[str | None], judge_format: st
         per_split = [by_category(s["calibrated"], targets, s["consistent"], categories) for s in splits]
         for name in per_split[0]:
             cv[rule]["by_category"][name] = mean_metrics([split[name] for split in per_split])
-        curves[rule] = [selective_curve(s["calibrated"], s["consistent"], targets) for s in splits]
+        curves[rule] = [selective_curve(s["calibrated"], s["consistent"], targets, margins=s["margins"])
+                        for s in splits]
     order = list(RULES.get(judge_format, ("mean",)))
     chosen = max(order, key=lambda r: (round(cv[r]["calibrated"]["accuracy"], 9), -order.index(r)))
     best = predictions[chosen]
@@ -146,4 +149,5 @@ def held_out_metrics(combiner: Combiner, parts: list[Parts], categories: list[st
     probabilities, consistent = [p for p, _ in labels], [c for _, c in labels]
     return {**metrics(probabilities, targets, consistent),
             "by_category": by_category(probabilities, targets, consistent, categories),
-            "selective": selective_curve(probabilities, consistent, targets)}
+            "selective": selective_curve(probabilities, consistent, targets,
+                                         margins=[combiner.margin(p) for p in parts])}

@@ -214,7 +214,7 @@ class Judge:
         hybrid = self.settings.judge_format == "hybrid"
         consistency = (None if consistent is None else float(consistent)) if hybrid else base.position_consistency
         return PairLabel(True, p, consistency, base.n_valid, base.n_principles, base.n_unpaired,
-                         p_raw=self.combiner.raw_of(parts), abstain=self.combiner.abstains(p, consistent),
+                         p_raw=self.combiner.raw_of(parts), abstain=self.combiner.abstains(p, consistent, self.combiner.margin(parts)),
                          parts=parts.to_dict(), consistent=consistent)
 
 
