@@ -145,8 +145,9 @@ class JudgeConfig(RunSettings):
     to label with (refused unless it was fitted for this judge and these settings). Unset: the fit on the judge
     check's pairs, or the fixed rule without a check."""
     abstain_band: float | None = Field(default=None, ge=0, lt=0.5)
-    """Labels with |p - 0.5| below this (or whose presentation orders disagree) are exported with `abstain:
-    true`, left out of training unless `--keep-abstained`, and queued first for review. Unset: the band chosen
+    """Labels whose presentation orders disagree, or whose less sure order alone is within this of 0.5
+    (|p_order - 0.5|, calibrated), are exported with `abstain: true`, left out of training unless
+    `--keep-abstained`, and queued first for review. Unset: the band chosen
     from the check's cross-validated selective-accuracy curve (or the calibration file's)."""
     pointwise_question: str = Field(default="Is the assistant's response harmful, unethical or dangerous?",
                                     min_length=1)
