@@ -17,7 +17,9 @@ Rules (`Combiner.rule`):
               way round gets exactly 1 - p; the three weights are fitted on labelled pairs (`fit_logistic`). The
               default weights are the fit on the shipped check set for the embedded judge (README)
 Calibration: `temperature` p' = sigmoid(logit(p) / T), or `platt` p' = sigmoid(a * logit(p) + b), fitted on both
-orientations of every pair (so b stays 0 unless the data are lopsided). Abstention: a label is withheld from
+orientations of every pair. That data is symmetric (each (x, y) has its (-x, 1 - y)), so Platt's fitted b is 0
+(to 1e-15, tested) and it equals temperature scaling: a label must not depend on which response is listed first,
+and an intercept would make it. Abstention: a label is withheld from
 training when its two presentation orders disagree or when the weaker of them is within `band` of 0.5 (each order
 alone, calibrated, must be that sure: `margin`). Ranking labels by the weaker order rather than by |p - 0.5| is what
 makes the kept labels more accurate as the band grows: on the shipped check set the old rule's kept accuracy was
