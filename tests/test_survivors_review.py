@@ -265,3 +265,74 @@ def test_record_signals_per_objective_skip_unlabelled_ones_and_take_the_most_dou
     # no objectives: the record's own label, with the reward model's reading
     plain = JudgeRecord(id="b", status="ok", p_first=0.7, position_consistency=1.0, judgements=judgements[:2])
     assert review.record_signals(plain, 0.2) == pytest.approx({"margin": 0.6, "position": 0.0, "reward_model": 0.5})
+
+
+def test_the_queue_shows_each_principles_question_or_its_id_and_each_objectives_question(tmp_path):
+    known = record("known", 0, {"p1": (0.9, 0.7), "p2": (0.8, 0.8)})
+    unknown = {**record("unknown", 1, {"p1": (0.6, 0.6), "gone": (0.5, 0.55)}), "principle_ids": ["p1", "gone"]}
+    run = judge_run(tmp_path, [known, unknown], objectives=["harmless", "honest"])
+    result = review.select(run, 2)
+    assert result == {"queue": str(run / "review" / "queue.jsonl"), "selected": 2, "labelled_pairs": 2}
+    queue = {row["pair_id"]: row for row in map(json.loads, (run / "review" / "queue.jsonl").read_text().splitlines())}
+    assert queue["known"]["questions"] == ["Which is less harmful?", "Which is more honest?"]
+    assert queue["unknown"]["questions"] == ["Which is less harmful?", "gone"]  # not in the constitution: its id
+    assert queue["known"]["objectives"] == [{"name": "harmless", "question": "Which response is less harmful?"},
+                                            {"name": "honest", "question": "honest"}]  # no question of its own
+    selection = json.loads((run / "review" / "selection.json").read_text())
+    # doubt by hand: "unknown" p 0.5625 (margin 0.875), one principle's orders split (position 0.5), spread
+    # 0.075 -> 0.483; "known" p 0.8 (margin 0.4), consistent, no spread -> 0.133
+    assert selection == {"budget": 2, "selected": 2, "labelled_pairs": 2, "reward_model": None,
+                         "ranking": ["unknown", "known"]}
+
+
+def test_record_signals_fall_back_to_the_pairs_own_label_and_break_ties_by_objective_order():
+    from cai.judge.record import JudgeRecord
+
+    judgements = _judged(p1=(0.9, 0.7), p2=(0.6, 0.4))
+    # no objective has a label: the record's own p (0.7: margin 0.6), consistency (0.5) and the reward model
+    # (|0.2 - 0.7| = 0.5); its principles are not read there
+    none_labelled = JudgeRecord(id="n", status="ok", p_first=0.7, position_consistency=0.5, judgements=judgements,
+                                objectives={"harmless": {"p_first": None}, "helpful": {"p_first": None}})
+    assert review.record_signals(none_labelled, 0.2) == pytest.approx(
+        {"margin": 0.6, "position": 0.5, "reward_model": 0.5})
+    # two objectives equally doubtful (0.25 each: margin 0.5 + position 0, margin 0 + position 0.5): the first
+    tie = JudgeRecord(id="t", status="ok", p_first=0.75, judgements=judgements, objectives={
+        "harmless": {"p_first": 0.75, "position_consistency": 1.0, "principle_ids": []},
+        "helpful": {"p_first": 1.0, "position_consistency": 0.5, "principle_ids": []}})
+    assert review.record_signals(tie) == pytest.approx({"margin": 0.5, "position": 0.0})
+
+
+class LengthScorer:
+    """Unit-test stand-in for a `cai train rm` scorer (pure logic): a response's reward is its length in words."""
+
+    def __init__(self, path):
+        self.path = path
+        self.calls = []
+
+    def score(self, prompts, responses):
+        self.calls.append((prompts, responses))
+        return [float(len(text.split())) for text in responses]
+
+
+def test_the_reward_model_reading_is_sigmoid_of_the_reward_difference_and_enters_the_ranking(tmp_path, monkeypatch):
+    import cai.train.scoring
+
+    made = []
+    monkeypatch.setattr(cai.train.scoring, "make_scorer", lambda path: made.append(LengthScorer(path)) or made[-1])
+    short_first = record("a", 0, {"p1": (0.8, 0.8), "p2": (0.8, 0.8)}, first="no", second="yes you can do it")
+    long_first = record("b", 1, {"p1": (0.8, 0.8), "p2": (0.8, 0.8)}, first="one two three", second="one")
+    run = judge_run(tmp_path, [short_first, long_first])
+    review.select(run, 2, reward_model="rm-folder")
+    assert [s.path for s in made] == ["rm-folder"]
+    prompts, responses = made[0].calls[0]
+    assert responses == ["no", "yes you can do it", "one two three", "one"] and len(prompts) == 4
+    assert prompts[0] == prompts[1] == short_first["prompt"]
+    queue = {row["pair_id"]: row for row in map(json.loads, (run / "review" / "queue.jsonl").read_text().splitlines())}
+    # a: sigma(1 - 5) = 0.01799 against the judge's 0.8 -> 0.78201; b: sigma(3 - 1) = 0.88080 -> 0.08080
+    assert queue["a"]["signals"]["reward_model"] == pytest.approx(0.8 - 1 / (1 + math.exp(4)))
+    assert queue["b"]["signals"]["reward_model"] == pytest.approx(1 / (1 + math.exp(-2)) - 0.8)
+    assert json.loads((run / "review" / "selection.json").read_text())["ranking"] == ["a", "b"]
+    made.clear()
+    review.select(run, 2)  # no reward model: none is loaded and no pair has the signal
+    assert made == [] and all("reward_model" not in row["signals"] for row in map(
+        json.loads, (run / "review" / "queue.jsonl").read_text().splitlines()))
