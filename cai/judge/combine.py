@@ -26,7 +26,7 @@ makes the kept labels more accurate as the band grows: on the shipped check set 
 flat (0.83-0.84 from 75% to 48% kept), the weaker order's rises (0.85 at 61-65% kept; README). Combiners read from
 files written before this rule (`abstain_on` absent) keep the old one, `label`: |p - 0.5| < band.
 
-    combiner = Combiner.default()                   # the fixed harm-first rule
+    combiner = Combiner.default()                   # the logistic rule with its default weights
     p, consistent = combiner.label(parts)
 """
 
@@ -137,7 +137,8 @@ class Combiner:
 
     @classmethod
     def default(cls, judge_format: str = "hybrid") -> Combiner:
-        """The rule used before any fit: harm-first for `hybrid`, the plain mean for the single formats."""
+        """The rule used before any fit: the logistic rule with `DEFAULT_WEIGHTS` for `hybrid`, the plain mean for
+        the single formats."""
         return cls() if judge_format == "hybrid" else cls(rule="mean")
 
     def raw_log_odds(self, features: list[float], mean: float = 0.5) -> float:
