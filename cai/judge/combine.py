@@ -169,32 +169,30 @@ class Combiner:
         score = self.raw_log_odds(parts.features(order), parts.mean_p(order))
         return score if self.calibration.method == "none" else self.calibration.a * score + self.calibration.b
 
+    def views(self, parts: Parts) -> list[float] | None:
+        """The calibrated p of each presentation order alone, or None when an order has no evidence at all."""
+        if any(all(getattr(parts, name)[order] is None for name in (*FEATURES, "mean")) for order in ORDERS):
+            return None
+        return [self.probability(parts, order) for order in ORDERS]
+
     def label(self, parts: Parts) -> tuple[float, bool | None]:
         """(p_first, position-consistent): the label from both orders, and whether each order alone picks the same
         winner (None when an order has no evidence at all)."""
-        p = self.probability(parts)
-        views = []
-        for order in ORDERS:
-            if all(getattr(parts, name)[order] is None for name in (*FEATURES, "mean")):
-                return p, None
-            views.append(self.probability(parts, order) > 0.5)
-        return p, views[0] == views[1]
+        views = self.views(parts)
+        return self.probability(parts), None if views is None else (views[0] > 0.5) == (views[1] > 0.5)
 
     def margin(self, parts: Parts) -> float | None:
         """How sure the weaker presentation order alone is: min over orders of |p_order - 0.5| (calibrated), 0
         when the orders pick different winners, None when an order has no evidence (then only |p - 0.5| is
         known). Under `abstain_on: label` it is |p - 0.5| itself."""
-        p = self.probability(parts)
         if self.abstain_on == "label":
-            return abs(p - 0.5)
-        views = []
-        for order in ORDERS:
-            if all(getattr(parts, name)[order] is None for name in (*FEATURES, "mean")):
-                return None
-            views.append(self.probability(parts, order) - 0.5)
-        if (views[0] > 0) != (views[1] > 0):
+            return abs(self.probability(parts) - 0.5)
+        views = self.views(parts)
+        if views is None:
+            return None
+        if (views[0] > 0.5) != (views[1] > 0.5):
             return 0.0
-        return min(abs(v) for v in views)
+        return min(abs(v - 0.5) for v in views)
 
     def abstains(self, p: float, consistent: bool | None, margin: float | None = None) -> bool:
         """Whether a label is withheld: its orders disagree, or its `margin` (|p - 0.5| when unknown) is inside
