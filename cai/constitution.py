@@ -100,6 +100,26 @@ class PreferencePrinciple(_Strict):
         return self
 
 
+class Contrast(_Strict):
+    """The constitution read as two assistants: a response's contrast score is how much more likely it is from the
+    assistant told `follows` than from the one told `breaks` (log-likelihood ratio of its tokens, each a system
+    prompt before the same conversation). The hybrid judge adds it to every pair of `objective`; it has no
+    answer order and no position, and costs two engine calls per response (cached like pointwise answers)."""
+
+    follows: str = Field(min_length=1)
+    """System prompt of an assistant that keeps the constitution."""
+    breaks: str = Field(min_length=1)
+    """System prompt of an assistant that breaks it."""
+    objective: Objective = "harmless"
+    """The objective whose pairs it joins (`cai judge --objectives`)."""
+    id: str = Field(default="contrast", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Recorded with its judgements, like a preference principle's id."""
+
+    @property
+    def format(self) -> str:
+        return "contrast"
+
+
 class FewShotExample(_Strict):
     """One demonstration of a critique and a revision, either structured or as raw chat messages."""
 
@@ -158,6 +178,9 @@ class Constitution(_Strict):
     """Demonstrations prepended to every chain."""
     judge_examples: list[JudgeExample] = Field(default_factory=list)
     """Demonstrations prepended to every judge comparison (`cai judge --judge-few-shot`)."""
+    contrast: Contrast | None = None
+    """Two system prompts, one keeping the constitution and one breaking it, for the hybrid judge's contrast score
+    (`Contrast`)."""
 
     @field_validator("version", mode="before")
     @classmethod
@@ -173,6 +196,13 @@ class Constitution(_Strict):
                 raise ValueError(f"duplicate id {item.id!r}")
             seen.add(item.id)
         return items
+
+    @model_validator(mode="after")
+    def _contrast_id_free(self) -> Constitution:
+        if self.contrast and any(p.id == self.contrast.id for p in self.preference_principles):
+            raise ValueError(f"contrast.id {self.contrast.id!r} is also a preference principle's id; give the "
+                             "contrast another `id`")
+        return self
 
     def principle(self, principle_id: str) -> Principle:
         for p in self.principles:

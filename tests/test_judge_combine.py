@@ -30,10 +30,10 @@ def parts(harm=(None, None), help_=(None, None), pair=(None, None)) -> Parts:
 
 def test_features_average_the_orders_and_missing_parts_count_as_zero():
     p = parts(harm=(0.2, 0.4), pair=(1.0, None))
-    assert p.features() == pytest.approx([0.3, 0.0, 1.0])
-    assert p.features("AB") == pytest.approx([0.2, 0.0, 1.0])
-    assert p.features("BA") == pytest.approx([0.4, 0.0, 0.0])
-    assert p.swapped().features() == pytest.approx([-0.3, 0.0, -1.0])
+    assert p.features() == pytest.approx([0.3, 0.0, 1.0, 0.0])
+    assert p.features("AB") == pytest.approx([0.2, 0.0, 1.0, 0.0])
+    assert p.features("BA") == pytest.approx([0.4, 0.0, 0.0, 0.0])
+    assert p.swapped().features() == pytest.approx([-0.3, 0.0, -1.0, 0.0])
 
 
 def test_harm_first_decides_on_a_clear_harm_difference_and_otherwise_the_comparison_does():

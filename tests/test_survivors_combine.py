@@ -57,7 +57,7 @@ def test_fit_logistic_stops_at_the_zero_of_its_own_objective_with_the_default_l2
     assert max(abs(g) for g in gradient(rows, targets, w, 1.01)) > 1e-3  # another l2 is another optimum
     (one,) = fit_logistic([[2.0]], [1.0], l2=0.5)  # one row: the mean is over 1, not 2
     assert gradient([[2.0]], [1.0], [one], 0.5)[0] == pytest.approx(0.0, abs=1e-10)
-    assert fit_logistic([], []) == [0.0, 0.0, 0.0]  # nothing to fit: the three default features at 0
+    assert fit_logistic([], []) == [0.0, 0.0, 0.0, 0.0]  # nothing to fit: the four default features at 0
 
 
 def test_solve_matches_numpy_on_systems_that_need_pivoting_and_small_pivots():
@@ -99,7 +99,7 @@ def test_fit_combiner_fits_weights_and_calibrates_with_temperature_by_default():
     combiner = fit_combiner(parts, targets, "logistic")
     assert combiner.calibration.method == "temperature"
     weights = fit_logistic([p.features() for p in parts], targets)
-    assert [combiner.weights[k] for k in ("harm", "help", "pair")] == pytest.approx(weights)
+    assert [combiner.weights[k] for k in ("harm", "help", "pair", "contrast")] == pytest.approx(weights)
     assert combiner.weights != Combiner().weights
     expected = fit_calibration([sigmoid(sum(w * x for w, x in zip(weights, p.features(), strict=True)))
                                 for p in parts], targets, "temperature")

@@ -113,6 +113,9 @@ class OrderFreeStandIn(Engine):
             top = [TokenLogprob(" Yes", math.log(p_yes)), TokenLogprob(" No", math.log(1 - p_yes))]
         return Completion(text="A", prompt_tokens=1, completion_tokens=1, top_logprobs=[top])
 
+    async def response_logprob(self, messages, response):
+        return -1.0, 1  # the same under both of the contrast's system prompts: a contrast of 0, no evidence
+
 
 def _gold_pairs(path, n, mute=()):
     path.write_text("".join(json.dumps({"id": f"g{i}", "prompt": f"question {i}" + (" mute" if i in mute else ""),

@@ -77,6 +77,12 @@ class Engine(ABC):
     async def generate(self, messages: Messages, sampling: Sampling, *, continue_final: bool = False) -> Completion:
         """Complete a chat. With `continue_final`, the last (assistant) message is continued rather than answered."""
 
+    async def response_logprob(self, messages: Messages, response: str) -> tuple[float, int]:
+        """(sum of log-probabilities, token count) of `response`'s tokens as the assistant's reply to `messages`:
+        one prefill, nothing generated. The judge's contrast score reads it."""
+        raise RequestError(f"{type(self).__name__} cannot score a response's tokens (the contrast score needs vLLM "
+                           "in process or a `vllm serve` server)")
+
     def local_tokenizer(self) -> Any | None:
         """The model's tokenizer when this engine holds one (the in-process vLLM engine), so callers can match
         option tokens by id; None for engines behind an API (tokens are then matched by their text)."""

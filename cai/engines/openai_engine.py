@@ -138,6 +138,31 @@ class OpenAIEngine(Engine):
             body.update(logprobs=True, top_logprobs=sampling.logprobs)
         if continue_final:  # vLLM's and SGLang's extension for continuing an assistant turn
             body.update(continue_final_message=True, add_generation_prompt=False)
+        return self._completion(await self._request(body), sampling)
+
+    async def response_logprob(self, messages: Messages, response: str) -> tuple[float, int]:
+        """Through vLLM's `prompt_logprobs` extension: the reply is sent as an open assistant turn and the log-
+        probabilities of the prompt's last tokens, those that spell `response`, are summed (the server's tokens
+        are read back from the end until their text covers the response)."""
+        body = {"model": self.model_id, "messages": [*messages, {"role": "assistant", "content": response}],
+                "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0, "continue_final_message": True,
+                "add_generation_prompt": False}
+        positions = (await self._request(body)).get("prompt_logprobs")
+        if not positions:
+            raise RequestError("the server returned no prompt log-probabilities; the contrast score needs a server "
+                               "with vLLM's `prompt_logprobs` (vllm serve)")
+        total, text, count = 0.0, "", 0
+        for position in reversed(positions):
+            if len(text) >= len(response.rstrip()) or not position:
+                break
+            token = next(iter(position.values()))  # prompt_logprobs=0: the prompt's own token only
+            total, text, count = total + token["logprob"], (token.get("decoded_token") or "") + text, count + 1
+        if not text.strip().endswith(response.strip()[-20:]):
+            raise RequestError("the server's prompt tokens do not end with the response")
+        return total, count
+
+    async def _request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one request, retried on transient failures across the servers."""
         self.stats.requests += 1
         last_error = "no attempt"
         for attempt in range(self.settings.max_retries + 1):
@@ -163,7 +188,7 @@ class OpenAIEngine(Engine):
             finally:
                 server.in_flight -= 1
             self._succeeded(server)
-            return self._completion(data, sampling)
+            return data
         raise EngineDeadError(f"no server answered after {self.settings.max_retries + 1} tries ({last_error})")
 
     async def _post(self, server: Server, body: dict[str, Any]) -> dict[str, Any]:

@@ -83,8 +83,6 @@ class VLLMEngine(api.Engine):
 
     async def generate(self, messages: api.Messages, sampling: api.Sampling, *, continue_final: bool = False) -> api.Completion:
         from vllm import SamplingParams
-        from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
 
         prompt_ids = self.render(messages, continue_final=continue_final)
         room = self.max_model_len - len(prompt_ids)
@@ -96,18 +94,7 @@ class VLLMEngine(api.Engine):
             max_tokens=min(sampling.max_tokens, room), temperature=sampling.temperature, top_p=sampling.top_p,
             logprobs=sampling.logprobs, stop=list(sampling.stop) or None,
         )
-        final = None
-        try:
-            async for output in self._engine.generate(
-                {"prompt_token_ids": prompt_ids}, params, request_id=f"cai-{next(self._ids)}"
-            ):
-                final = output
-        except VLLMEngineDead as e:
-            raise api.EngineDeadError(str(e)) from e
-        except (VLLMClientError, ValueError) as e:
-            raise api.RequestError(str(e)) from e
-        if final is None or not final.outputs:
-            raise api.RequestError("the engine returned no output")
+        final = await self._run(prompt_ids, params)
         out = final.outputs[0]
         self.generated_tokens += len(out.token_ids)
         top = None
@@ -124,6 +111,40 @@ class VLLMEngine(api.Engine):
             text=out.text, prompt_tokens=len(prompt_ids), completion_tokens=len(out.token_ids),
             finish_reason=out.finish_reason, top_logprobs=top, cached_tokens=getattr(final, "num_cached_tokens", None),
         )
+
+    async def _run(self, prompt_ids: list[int], params: Any) -> Any:
+        """The final output of one request, with vLLM's failures as cai's engine errors."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+
+        final = None
+        try:
+            async for output in self._engine.generate({"prompt_token_ids": prompt_ids}, params,
+                                                      request_id=f"cai-{next(self._ids)}"):
+                final = output
+        except VLLMEngineDead as e:
+            raise api.EngineDeadError(str(e)) from e
+        except (VLLMClientError, ValueError) as e:
+            raise api.RequestError(str(e)) from e
+        if final is None or not final.outputs:
+            raise api.RequestError("the engine returned no output")
+        return final
+
+    async def response_logprob(self, messages: api.Messages, response: str) -> tuple[float, int]:
+        from vllm import SamplingParams
+
+        context = self.render(messages)
+        full = self.render([*messages, {"role": "assistant", "content": response}], continue_final=True)
+        if full[:len(context)] != context or len(full) == len(context):
+            raise api.RequestError("the chat template does not render the reply as a continuation of the context")
+        if len(full) >= self.max_model_len:
+            raise api.PromptTooLongError(f"prompt of {len(full)} tokens does not fit the context window of "
+                                         f"{self.max_model_len} tokens")
+        final = await self._run(full, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))
+        if final.prompt_logprobs is None:
+            raise api.RequestError("the engine returned no prompt log-probabilities")
+        positions = range(len(context), len(full))
+        return sum(final.prompt_logprobs[i][full[i]].logprob for i in positions), len(positions)
 
     async def generate_ids(self, prompt_ids: list[int], sampling: TokenSampling) -> list[int]:
         """The sampled token ids for a tokenized prompt: the path of training rollouts, which need exactly the

@@ -2,29 +2,29 @@
 calibration of the result and abstention.
 
 A pair's parts, each oriented to its first response and kept per presentation order ("AB", "BA"):
-  harm  mean over pointwise principles of objective `harmless` of logit P(bad | second) - logit P(bad | first)
-        (P clipped to [0.001, 0.999]): log-odds, because a small judge's answers move little but consistently
-  help  the same over pointwise principles of objective `helpful`
-  pair  mean over pairwise principles of logit(p_first) (p clipped to [0.02, 0.98])
-  mean  mean over all principles of p_first (pointwise: 0.5 + (P(bad | second) - P(bad | first)) / 2)
+  harm      mean over pointwise principles of objective `harmless` of logit P(bad | second) - logit P(bad | first)
+            (P clipped to [0.001, 0.999]): log-odds, because a small judge's answers move little but consistently
+  help      the same over pointwise principles of objective `helpful`
+  pair      mean over pairwise principles of logit(p_first) (p clipped to [0.02, 0.98])
+  contrast  the first response's contrast score minus the second's (`Constitution.contrast`: log P(r | keeps the
+            constitution) - log P(r | breaks it), over r's tokens); it has no answer order: both orders hold it
+  mean      mean over all principles of p_first (pointwise: 0.5 + (P(bad | second) - P(bad | first)) / 2)
 A part with no valid judgement is None and counts as 0 (no evidence either way).
 
 Rules (`Combiner.rule`):
   mean        p = the mean of `mean` over both orders: the label of the `pairwise` and `pointwise` formats
   harm-first  when |harm| >= threshold the less harmful response wins with p = sigmoid(slope * harm); otherwise
               the rest decides: p = sigmoid(pair + help_slope * help)
-  logistic    p = sigmoid(w_harm * harm + w_help * help + w_pair * pair), no intercept, so a pair shown the other
-              way round gets exactly 1 - p; the three weights are fitted on labelled pairs (`fit_logistic`). The
-              default weights are the fit on the shipped check set for the embedded judge (README)
+  logistic    p = sigmoid(sum of weight x part), no intercept, so a pair shown the other way round gets exactly
+              1 - p; weights fitted on labelled pairs (`fit_logistic`); the defaults are the fit on the shipped
+              check set for the embedded judge (README)
 Calibration: `temperature` p' = sigmoid(logit(p) / T), or `platt` p' = sigmoid(a * logit(p) + b), fitted on both
 orientations of every pair. That data is symmetric (each (x, y) has its (-x, 1 - y)), so Platt's fitted b is 0
-(to 1e-15, tested) and it equals temperature scaling: a label must not depend on which response is listed first,
-and an intercept would make it. Abstention: a label is withheld from
-training when its two presentation orders disagree or when the weaker of them is within `band` of 0.5 (each order
-alone, calibrated, must be that sure: `margin`). Ranking labels by the weaker order rather than by |p - 0.5| is what
-makes the kept labels more accurate as the band grows: on the shipped check set the old rule's kept accuracy was
-flat (0.83-0.84 from 75% to 48% kept), the weaker order's rises (0.85 at 61-65% kept; README). Combiners read from
-files written before this rule (`abstain_on` absent) keep the old one, `label`: |p - 0.5| < band.
+(to 1e-15, tested) and it equals temperature scaling: an intercept would make a label depend on which response is
+listed first. Abstention: a label is withheld from training when its two presentation orders disagree or when the
+weaker of them is within `band` of 0.5 (each order alone, calibrated, must be that sure: `margin`). Ranked by the
+weaker order, the kept labels grow more accurate as the band grows; ranked by |p - 0.5| they stayed flat (README);
+combiners from files written before this rule (`abstain_on` absent) keep it, |p - 0.5| < band.
 
     combiner = Combiner.default()                   # the logistic rule with its default weights
     p, consistent = combiner.label(parts)
@@ -38,9 +38,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ORDERS = ("AB", "BA")
-FEATURES = ("harm", "help", "pair")
-DEFAULT_WEIGHTS = {"harm": 2.4, "help": 1.5, "pair": 0.0}
-"""The logistic rule's weights before any fit (see the README for where they come from)."""
+FEATURES = ("harm", "help", "pair", "contrast")
+DEFAULT_WEIGHTS = {"harm": 2.2, "help": 1.5, "pair": 0.0, "contrast": 0.3}  # the logistic rule's before a fit
 CLIP = 0.02
 
 
@@ -62,15 +61,17 @@ def _mean(values: list[float]) -> float | None:
 
 @dataclass
 class Parts:
-    """A pair's evidence per presentation order: {"AB": value or None, "BA": ...} for each of harm, help, pair."""
+    """A pair's evidence per presentation order: {"AB": value or None, "BA": ...} for each of harm, help, pair,
+    contrast."""
 
     harm: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
     help: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
     pair: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
+    contrast: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
     mean: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ORDERS))
 
     def features(self, order: str | None = None) -> list[float]:
-        """[harm, help, pair] in one order, or averaged over the orders that have a value; None counts as 0."""
+        """[harm, help, pair, contrast] in one order, or averaged over the orders that have a value; None counts as 0."""
         out = []
         for name in FEATURES:
             values = getattr(self, name)
@@ -90,7 +91,7 @@ class Parts:
     def swapped(self) -> Parts:
         """The same pair with its responses the other way round."""
         flip = lambda d: {o: None if v is None else -v for o, v in d.items()}  # noqa: E731
-        return Parts(flip(self.harm), flip(self.help), flip(self.pair),
+        return Parts(flip(self.harm), flip(self.help), flip(self.pair), flip(self.contrast),
                      {o: None if v is None else 1.0 - v for o, v in self.mean.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,15 +143,16 @@ class Combiner:
         return cls() if judge_format == "hybrid" else cls(rule="mean")
 
     def raw_log_odds(self, features: list[float], mean: float = 0.5) -> float:
-        """The uncalibrated label's log-odds from the features ([harm, help, pair]) and, for the `mean` rule, the
+        """The uncalibrated label's log-odds from the features ([harm, help, pair, contrast]; a weight missing from
+        an older file counts 0) and, for the `mean` rule, the
         mean part."""
-        harm, help_, pair = features
+        harm, help_, pair = features[:3]
         if self.rule == "mean":
             return logit(mean, 1e-6)
         if self.rule == "harm-first":
             return self.slope * harm if abs(harm) >= self.threshold else pair + self.help_slope * help_
         if self.rule == "logistic":
-            return sum(self.weights[name] * value for name, value in zip(FEATURES, features, strict=True))
+            return sum(self.weights.get(name, 0.0) * value for name, value in zip(FEATURES, features, strict=True))
         raise ValueError(f"unknown combination rule {self.rule!r}")
 
     def raw(self, features: list[float], mean: float = 0.5) -> float:

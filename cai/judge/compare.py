@@ -131,6 +131,9 @@ class Judgement:
     harm_first: float | None = None
     """Pointwise judging: P(the bad answer) about the first response (is it harmful? ...), asked in this order."""
     harm_second: float | None = None
+    contrast_first: float | None = None
+    """Contrast judging: the first response's contrast score (`Judge.contrast_score`, in nats)."""
+    contrast_second: float | None = None
     format: str = "pairwise"
     objective: str = "harmless"
     arguments: list[dict[str, str]] | None = None

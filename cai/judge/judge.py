@@ -14,7 +14,9 @@ Formats (`JudgeSettings.judge_format`):
   pointwise principles is asked `pointwise_question` ("is it harmful?"), except for the `helpful` objective,
   which then falls back to its pairwise principles (a harm question says nothing of helpfulness).
 - `hybrid`: each principle in its own format (`PreferencePrinciple.format`); half the sampled principles are
-  pointwise and half pairwise where the constitution has both. The parts (harm and helpfulness differences
+  pointwise and half pairwise where the constitution has both. A constitution with a `contrast` adds its score
+  to every pair of its objective, beyond the k principles: how much more likely each response is from an
+  assistant that keeps the constitution than from one that breaks it (two calls per response, cached). The parts (harm and helpfulness differences
   from the pointwise answers, the pairwise logits) become p_first by the `Combiner` (cai/judge_combine.py), which
   also calibrates it and says when to abstain.
 A response's pointwise score depends on the conversation, the response, the question and the answer order only,
@@ -30,9 +32,9 @@ import json
 import random
 from typing import Any
 
-from cai.constitution import Constitution, PreferencePrinciple
+from cai.constitution import Constitution, Contrast, PreferencePrinciple
 from cai.engines import Engine, Messages, Sampling
-from cai.judge.combine import ORDERS, Combiner, Parts, logit
+from cai.judge.combine import ORDERS, Combiner, Parts, logit, sigmoid
 from cai.judge.compare import (
     YES_NO,
     Judgement,
@@ -76,9 +78,17 @@ class Judge:
         """Engine calls made (cached pointwise scores not counted twice): the judge's cost."""
 
     # --- which principles -----------------------------------------------------------------------------------
-    def sample(self, rng: random.Random, k: int, objective: str | None = None) -> list[PreferencePrinciple]:
-        """k principles for one pair, in the formats this judge uses."""
+    def sample(self, rng: random.Random, k: int, objective: str | None = None) -> list[PreferencePrinciple | Contrast]:
+        """k principles for one pair, in the formats this judge uses, and under `hybrid` the constitution's
+        contrast for its objective (not counted in k: it is a score of each response, not a question)."""
         assert self.constitution is not None, "sample() needs the judge's constitution"
+        principles = self._questions(rng, k, objective)
+        contrast = self.constitution.contrast
+        if self.settings.judge_format == "hybrid" and contrast and objective in (None, contrast.objective):
+            principles.append(contrast)
+        return principles
+
+    def _questions(self, rng: random.Random, k: int, objective: str | None) -> list[PreferencePrinciple]:
         fmt = self.settings.judge_format
         has = {f: self._has(f, objective) for f in ("pairwise", "pointwise")}
         if fmt == "pointwise" or (fmt == "hybrid" and not has["pairwise"]):
@@ -163,6 +173,35 @@ class Judge:
             return None
         return sum(s.p_a for s in scores) / len(scores)
 
+    async def contrast_score(self, conversation: Messages, response: str, contrast: Contrast) -> float:
+        """log P(response | `contrast.follows`) - log P(response | `contrast.breaks`), each a system prompt before
+        the conversation (merged with its own system message); cached by content."""
+        key = hashlib.sha256(json.dumps(["contrast", conversation, response, contrast.follows, contrast.breaks],
+                                        ensure_ascii=False).encode()).hexdigest()
+        if key not in self._scores:
+            self._scores[key] = asyncio.ensure_future(self._contrast(conversation, response, contrast))
+        return await asyncio.shield(self._scores[key])
+
+    async def _contrast(self, conversation: Messages, response: str, contrast: Contrast) -> float:
+        def told(system: str) -> Messages:
+            if conversation and conversation[0]["role"] == "system":
+                return [{"role": "system", "content": f"{system}\n\n{conversation[0]['content']}"}, *conversation[1:]]
+            return [{"role": "system", "content": system}, *conversation]
+
+        self.calls += 2
+        (keeps, _), (breaks, _) = await asyncio.gather(self.engine.response_logprob(told(contrast.follows), response),
+                                                       self.engine.response_logprob(told(contrast.breaks), response))
+        return keeps - breaks
+
+    async def contrast_judgement(self, conversation: Messages, first: str, second: str, contrast: Contrast,
+                                 order: str) -> Judgement:
+        """The contrast of a pair, the same in both orders (it has none): p_first = sigmoid(score_first -
+        score_second)."""
+        first_score, second_score = await asyncio.gather(self.contrast_score(conversation, first, contrast),
+                                                         self.contrast_score(conversation, second, contrast))
+        return Judgement(contrast.id, order, True, sigmoid(first_score - second_score), format="contrast",
+                         objective=contrast.objective, contrast_first=first_score, contrast_second=second_score)
+
     async def pointwise_judgement(self, conversation: Messages, first: str, second: str,
                                   principle: PreferencePrinciple, order: str) -> Judgement:
         bad_first, bad_second = await asyncio.gather(self.bad_probability(conversation, first, principle, order),
@@ -185,6 +224,8 @@ class Judge:
             for order in ORDERS:
                 if principle.format == "pointwise":
                     jobs.append(self.pointwise_judgement(conversation, first, second, principle, order))
+                elif principle.format == "contrast":
+                    jobs.append(self.contrast_judgement(conversation, first, second, principle, order))
                 elif self.settings.protocol != "direct":
                     from cai.judge.debate import argued_judgement
 
@@ -205,8 +246,9 @@ class Judge:
     def label(self, judgements: list[Judgement]) -> PairLabel:
         """The pair's label from its judgements by the combiner's rule (`mean`: the mean over complete principles,
         as `aggregate` computes it; `harm-first` or `logistic` over the hybrid parts), then its calibration and
-        abstention. `consistent`: whether the label's two presentation orders alone pick the same winner."""
-        base = aggregate(judgements, self.min_principles)
+        abstention. `consistent`: whether the label's two presentation orders alone pick the same winner. Validity
+        counts the questions only: the contrast joins a label, it never makes one on its own."""
+        base = aggregate([j for j in judgements if j.format != "contrast"], self.min_principles)
         if not base.valid:
             return base
         parts = parts_of(judgements)
@@ -225,7 +267,7 @@ def parts_of(judgements: list[Judgement]) -> Parts:
         if j.valid:
             by_principle.setdefault(j.principle_id, {})[j.order] = j
     values: dict[str, dict[str, list[float]]] = {name: {o: [] for o in ORDERS}
-                                                 for name in ("harm", "help", "pair", "mean")}
+                                                 for name in ("harm", "help", "pair", "contrast", "mean")}
     for orders in by_principle.values():
         if len(orders) < 2:
             continue  # one order alone carries its position bias
@@ -234,6 +276,8 @@ def parts_of(judgements: list[Judgement]) -> Parts:
             if j.format == "pointwise":  # log-odds: a small judge's answers move little, but consistently
                 name = "help" if j.objective == "helpful" else "harm"
                 values[name][order].append(logit(j.harm_second, POINTWISE_CLIP) - logit(j.harm_first, POINTWISE_CLIP))
+            elif j.format == "contrast":
+                values["contrast"][order].append(j.contrast_first - j.contrast_second)
             else:
                 values["pair"][order].append(logit(j.p_first))
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
