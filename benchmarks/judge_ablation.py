@@ -5,7 +5,8 @@ same 5-fold x 5 cross-validation `cai eval judge` uses, in seconds instead of ~1
     .venv/bin/python benchmarks/judge_ablation.py [--answers benchmarks/results/judge_answers.json] [--ask]
 
 `--ask` (or a missing answers file) starts the engine and asks the constitution's pointwise questions plus the
-candidates below (about 15 minutes on 2 CPU cores); without it the saved answers are read. Prints, per variant,
+candidates below (about 15 minutes on 2 CPU cores), and scores every response's contrast (`ask_contrast`, about
+3 minutes; also run when the file lacks it); without it the saved answers are read. Prints, per variant,
 cross-validated accuracy, answer-order consistency, ECE and the selective-accuracy curve under both abstention
 rules (the label's |p - 0.5| and the weaker order's margin). The README's "What did not help" comes from this.
 """
@@ -115,6 +116,32 @@ async def ask(path: Path) -> None:
     path.write_text(json.dumps({"principles": [p.id for p in principles], "calls": judge.calls, "rows": rows}))
 
 
+async def ask_contrast(path: Path) -> None:
+    """Add every check response's contrast score (the `harmless` constitution's `contrast`) to the saved answers."""
+    from cai.config import JudgeConfig
+    from cai.constitution import load_constitution
+    from cai.engines import EngineConfig, create_engine
+    from cai.judge.compare import settings_of
+    from cai.judge.judge import Judge
+    from cai.judge.pairs import pairs_from_file
+
+    saved = json.loads(path.read_text())
+    constitution = load_constitution("harmless")
+    pairs, _ = pairs_from_file(str(REPO / "prompts" / "judge-eval.jsonl"), None)
+    engine = create_engine(EngineConfig())
+    judge = Judge(engine, settings_of(JudgeConfig(source="-")), constitution)
+    try:
+        scores = await asyncio.gather(*(judge.contrast_score(pair.prompt, text, constitution.contrast)
+                                        for pair in pairs for text in (pair.first, pair.second)))
+    finally:
+        await engine.close()
+    by_id = {row["id"]: row for row in saved["rows"]}
+    for i, pair in enumerate(pairs):
+        by_id[pair.id]["scores"]["contrast|first"], by_id[pair.id]["scores"]["contrast|second"] = scores[2 * i: 2 * i + 2]
+    saved["contrast"] = constitution.contrast.model_dump()
+    path.write_text(json.dumps(saved))
+
+
 def log_odds(p: float, clip: float = 0.001) -> float:
     p = min(max(p, clip), 1 - clip)
     return math.log(p / (1 - p))
@@ -167,7 +194,7 @@ def evaluate(rows: list[dict], features, k: int = 5, repeats: int = 5) -> dict:
             "selective_by_weaker_order": curve("by_weaker_order")}
 
 
-def variants(asked: list[str]) -> dict:
+def variants(asked: list[str], saved_rows: list[dict]) -> dict:
     harm, help_ = ["harmful", "harmful-shown"], ["specific", "specific-shown"]
 
     def grouped(harms, helps, extra=lambda r, orders, f: []):
@@ -198,6 +225,13 @@ def variants(asked: list[str]) -> dict:
                                                        for q in harm + help_ + ["x-details", "x-refuses"]]
         out["gated by the request question"] = grouped(
             harm, help_, lambda r, orders, f: [f[0] * level(r, orders), f[1] * level(r, orders)])
+    if "contrast|first" in saved_rows[0]["scores"]:
+        contrast = lambda r: r["scores"]["contrast|first"] - r["scores"]["contrast|second"]  # noqa: E731
+        with_contrast = grouped(harm, help_, lambda r, orders, f: [contrast(r)])
+        out["default + contrast (the default since 2026-12-07)"] = with_contrast
+        out["plain questions + contrast (12 calls)"] = lambda r, orders: [
+            mean([diff(r, "harmful", o) for o in orders]), mean([diff(r, "specific", o) for o in orders]), contrast(r)]
+        out["contrast alone (4 calls)"] = lambda r, orders: [contrast(r)]
     if "harmful-shown2" in asked:
         out["second worked answers (shown, shown2)"] = grouped(["harmful-shown", "harmful-shown2"],
                                                                ["specific-shown", "specific-shown2"])
@@ -213,8 +247,10 @@ def main() -> int:
     path = Path(args.answers)
     if args.ask or not path.is_file():
         asyncio.run(ask(path))
+    if args.ask or "contrast" not in json.loads(path.read_text()):
+        asyncio.run(ask_contrast(path))
     saved = json.loads(path.read_text())
-    results = {name: evaluate(saved["rows"], f) for name, f in variants(saved["principles"]).items()}
+    results = {name: evaluate(saved["rows"], f) for name, f in variants(saved["principles"], saved["rows"]).items()}
     for name, r in results.items():
         print(f"{name:42s} accuracy {r['accuracy']:.3f}  order consistency {r['order_consistency']:.3f}  "
               f"ECE {r['ece']:.3f}")

@@ -102,8 +102,8 @@ class PreferencePrinciple(_Strict):
 
 class Contrast(_Strict):
     """The constitution read as two assistants: a response's contrast score is how much more likely it is from the
-    assistant told `follows` than from the one told `breaks` (log-likelihood ratio of its tokens, each a system
-    prompt before the same conversation). The hybrid judge adds it to every pair of `objective`; it has no
+    assistant told `follows` than from the one told `breaks` (log-likelihood ratio per token of its turn, each a
+    system prompt before the same conversation). The hybrid judge adds it to every pair of `objective`; it has no
     answer order and no position, and costs two engine calls per response (cached like pointwise answers)."""
 
     follows: str = Field(min_length=1)

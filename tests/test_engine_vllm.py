@@ -71,3 +71,34 @@ def test_too_long_prompt_fails_alone(engine, loop):
     too_long, ok = loop.run_until_complete(both())
     assert isinstance(too_long, PromptTooLongError) and "context window" in str(too_long)
     assert ok.completion_tokens >= 1
+
+
+def test_a_responses_log_probability_matches_a_forward_pass_by_hand(engine, loop):
+    """`response_logprob` (the contrast score's reading): the sum over the reply's tokens and its end of turn of
+    log P(token | all before it), against transformers' own forward pass on the same ids."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    chat = [{"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": "How do I whittle a spoon?"}]
+    reply = "Carve it from green wood with a hook knife, then sand it."
+    total, count = loop.run_until_complete(engine.response_logprob(chat, reply))
+    context = engine.render(chat)
+    full = engine.tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": reply}], tokenize=True,
+                                                return_dict=False, add_generation_prompt=False)
+    # the whole turn: the reply, then SmolLM2's end of turn ("<|im_end|>" and a newline)
+    assert engine.tokenizer.decode(full[len(context):]) == reply + "<|im_end|>\n" and count == len(full) - len(context)
+    model = AutoModelForCausalLM.from_pretrained(engine.model_path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logprobs = model(torch.tensor([full])).logits.log_softmax(-1)[0]
+    by_hand = sum(logprobs[i - 1, full[i]].item() for i in range(len(context), len(full)))
+    assert total == pytest.approx(by_hand, abs=1e-3) and total < 0
+    # a likelier reply scores higher: the same words in a scrambled order are far less probable
+    scrambled, _ = loop.run_until_complete(engine.response_logprob(chat, "sand knife Carve then green hook it wood."))
+    assert scrambled < total - 10
+
+
+def test_a_response_past_the_context_window_is_a_clear_error(engine, loop):
+    chat = [{"role": "user", "content": "Say hi."}]
+    with pytest.raises(PromptTooLongError, match="context window"):
+        loop.run_until_complete(engine.response_logprob(chat, "word " * (engine.max_model_len + 100)))

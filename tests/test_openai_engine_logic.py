@@ -135,3 +135,35 @@ def test_a_rejected_request_is_not_retried_and_a_query_key_reaches_the_server():
     with pytest.raises(RequestError, match="maximum context length"):
         run(remote)
     assert remote.stats.retries == 0
+
+
+def test_a_responses_log_probability_is_read_from_the_prompts_last_tokens():
+    """`response_logprob` through vLLM's `prompt_logprobs`: the reply is sent as an open assistant turn, and the
+    tokens read back from the end until their text covers it are summed (scripted server reply)."""
+    bodies = []
+    tokens = [("<|im_start|>", -1.0), ("assistant", -0.5), ("\n", -0.2), ("Ask", -2.0), (" them", -1.5), (".", -0.25),
+              ("<|im_end|>", -0.5), ("\n", -0.01)]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        positions = [None] + [{str(i): {"logprob": lp, "rank": 1, "decoded_token": t}} for i, (t, lp) in
+                              enumerate(tokens)]
+        return httpx.Response(200, json={"choices": [{"message": {"content": "x"}, "finish_reason": "length"}],
+                                         "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+                                         "prompt_logprobs": positions})
+
+    config = EngineConfig(model="openai/m", base_urls=["http://a:8000/v1"], openai=FAST)
+    remote = OpenAIEngine(config, transport=httpx.MockTransport(server))
+    total, count = asyncio.run(remote.response_logprob(HI, "Ask them."))
+    assert count == 5 and total == pytest.approx(-2.0 - 1.5 - 0.25 - 0.5 - 0.01)  # the reply and its end of turn
+    sent = bodies[0]
+    assert sent["messages"][-1] == {"role": "assistant", "content": "Ask them."}
+    assert sent["prompt_logprobs"] == 0 and "continue_final_message" not in sent
+    assert sent["add_generation_prompt"] is False and sent["max_tokens"] == 1
+
+
+def test_a_server_without_prompt_logprobs_is_a_clear_error_for_the_contrast():
+    config = EngineConfig(model="openai/m", base_urls=["http://a:8000/v1"], openai=FAST)
+    remote = OpenAIEngine(config, transport=httpx.MockTransport(lambda request: reply()))
+    with pytest.raises(RequestError, match="prompt log-probabilities.*vllm serve"):
+        asyncio.run(remote.response_logprob(HI, "Ask them."))

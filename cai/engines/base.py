@@ -78,8 +78,9 @@ class Engine(ABC):
         """Complete a chat. With `continue_final`, the last (assistant) message is continued rather than answered."""
 
     async def response_logprob(self, messages: Messages, response: str) -> tuple[float, int]:
-        """(sum of log-probabilities, token count) of `response`'s tokens as the assistant's reply to `messages`:
-        one prefill, nothing generated. The judge's contrast score reads it."""
+        """(sum of log-probabilities, token count) of the assistant's whole turn `response` after `messages`, its
+        end-of-turn tokens included (a finished reply, not a prefix that could go on): one prefill, nothing
+        generated. The judge's contrast score reads it."""
         raise RequestError(f"{type(self).__name__} cannot score a response's tokens (the contrast score needs vLLM "
                            "in process or a `vllm serve` server)")
 

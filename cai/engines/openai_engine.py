@@ -141,23 +141,22 @@ class OpenAIEngine(Engine):
         return self._completion(await self._request(body), sampling)
 
     async def response_logprob(self, messages: Messages, response: str) -> tuple[float, int]:
-        """Through vLLM's `prompt_logprobs` extension: the reply is sent as an open assistant turn and the log-
-        probabilities of the prompt's last tokens, those that spell `response`, are summed (the server's tokens
-        are read back from the end until their text covers the response)."""
+        """Through vLLM's `prompt_logprobs` extension: the reply is sent as a finished assistant turn and the log-
+        probabilities of the prompt's last tokens are summed, read back from the end (the turn's end tokens
+        first) until their text holds the whole response."""
         body = {"model": self.model_id, "messages": [*messages, {"role": "assistant", "content": response}],
-                "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0, "continue_final_message": True,
-                "add_generation_prompt": False}
+                "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0, "add_generation_prompt": False}
         positions = (await self._request(body)).get("prompt_logprobs")
         if not positions:
             raise RequestError("the server returned no prompt log-probabilities; the contrast score needs a server "
                                "with vLLM's `prompt_logprobs` (vllm serve)")
-        total, text, count = 0.0, "", 0
+        total, text, count, wanted = 0.0, "", 0, response.strip()
         for position in reversed(positions):
-            if len(text) >= len(response.rstrip()) or not position:
+            if wanted in text or not position:
                 break
             token = next(iter(position.values()))  # prompt_logprobs=0: the prompt's own token only
             total, text, count = total + token["logprob"], (token.get("decoded_token") or "") + text, count + 1
-        if not text.strip().endswith(response.strip()[-20:]):
+        if wanted not in text:
             raise RequestError("the server's prompt tokens do not end with the response")
         return total, count
 

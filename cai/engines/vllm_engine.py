@@ -134,7 +134,8 @@ class VLLMEngine(api.Engine):
         from vllm import SamplingParams
 
         context = self.render(messages)
-        full = self.render([*messages, {"role": "assistant", "content": response}], continue_final=True)
+        full = self.tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}],
+                                                  tokenize=True, return_dict=False, add_generation_prompt=False)
         if full[:len(context)] != context or len(full) == len(context):
             raise api.RequestError("the chat template does not render the reply as a continuation of the context")
         if len(full) >= self.max_model_len:

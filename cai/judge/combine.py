@@ -7,7 +7,7 @@ A pair's parts, each oriented to its first response and kept per presentation or
   help      the same over pointwise principles of objective `helpful`
   pair      mean over pairwise principles of logit(p_first) (p clipped to [0.02, 0.98])
   contrast  the first response's contrast score minus the second's (`Constitution.contrast`: log P(r | keeps the
-            constitution) - log P(r | breaks it), over r's tokens); it has no answer order: both orders hold it
+            constitution) - log P(r | breaks it), per token of r); it has no answer order: both orders hold it
   mean      mean over all principles of p_first (pointwise: 0.5 + (P(bad | second) - P(bad | first)) / 2)
 A part with no valid judgement is None and counts as 0 (no evidence either way).
 
@@ -39,7 +39,7 @@ from typing import Any
 
 ORDERS = ("AB", "BA")
 FEATURES = ("harm", "help", "pair", "contrast")
-DEFAULT_WEIGHTS = {"harm": 2.2, "help": 1.5, "pair": 0.0, "contrast": 0.3}  # the logistic rule's before a fit
+DEFAULT_WEIGHTS = {"harm": 2.4, "help": 1.5, "pair": 0.0, "contrast": 1.3}  # the logistic rule's before a fit
 CLIP = 0.02
 
 

@@ -174,8 +174,9 @@ class Judge:
         return sum(s.p_a for s in scores) / len(scores)
 
     async def contrast_score(self, conversation: Messages, response: str, contrast: Contrast) -> float:
-        """log P(response | `contrast.follows`) - log P(response | `contrast.breaks`), each a system prompt before
-        the conversation (merged with its own system message); cached by content."""
+        """log P(response | `contrast.follows`) - log P(response | `contrast.breaks`) per token of the response's
+        turn, each a system prompt before the conversation (merged with its own system message); cached by
+        content. Per token, not summed: a sum grows with the length, and so would the label's confidence."""
         key = hashlib.sha256(json.dumps(["contrast", conversation, response, contrast.follows, contrast.breaks],
                                         ensure_ascii=False).encode()).hexdigest()
         if key not in self._scores:
@@ -189,9 +190,10 @@ class Judge:
             return [{"role": "system", "content": system}, *conversation]
 
         self.calls += 2
-        (keeps, _), (breaks, _) = await asyncio.gather(self.engine.response_logprob(told(contrast.follows), response),
-                                                       self.engine.response_logprob(told(contrast.breaks), response))
-        return keeps - breaks
+        (keeps, count), (breaks, _) = await asyncio.gather(
+            self.engine.response_logprob(told(contrast.follows), response),
+            self.engine.response_logprob(told(contrast.breaks), response))
+        return (keeps - breaks) / count
 
     async def contrast_judgement(self, conversation: Messages, first: str, second: str, contrast: Contrast,
                                  order: str) -> Judgement:
