@@ -159,3 +159,20 @@ def test_the_shipped_harmless_constitution_has_a_contrast_for_harm():
     contrast = load_constitution("harmless").contrast
     assert contrast is not None and contrast.objective == "harmless" and contrast.id == "contrast"
     assert "harmless" in contrast.follows and "no rules" in contrast.breaks
+
+
+def test_no_contrast_judges_with_the_questions_only_and_keys_its_check_and_fit_apart():
+    from types import SimpleNamespace
+
+    from cai.config import JudgeConfig
+    from cai.judge.calibration import judge_key
+    from cai.judge.check import cache_key
+    from cai.judge.compare import settings_of
+
+    off = JudgeConfig(source="-", contrast=False)
+    judge = Judge(ContrastStandIn(), settings_of(off), constitution(contrast=CONTRAST))
+    assert "contrast" not in [p.id for p in judge.sample(random.Random(0), 3)]
+    engine = SimpleNamespace(model_id="m", describe=lambda: {"model": "m"})
+    on = JudgeConfig(source="-")
+    assert cache_key(engine, off) != cache_key(engine, on)
+    assert judge_key(engine, off) == {**judge_key(engine, on), "contrast": False}

@@ -12,7 +12,7 @@ from cai.cli.judge import JUDGE_FLAGS, no_judge_check
 from cai.cli.options import add_settings, engine_options, overrides
 
 JUDGE_EVAL_FIELDS = {"constitution", "principles_per_pair", "judge_few_shot", "seed", "cot", "cot_max_tokens",
-                     "cot_band", "min_option_mass", "top_logprobs", "limit", "templates", "judge_format",
+                     "cot_band", "min_option_mass", "top_logprobs", "limit", "templates", "judge_format", "contrast",
                      "pointwise_question", "calibration", "min_valid_principles", "protocol", "debate_max_tokens"}
 
 

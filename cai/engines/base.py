@@ -82,7 +82,7 @@ class Engine(ABC):
         end-of-turn tokens included (a finished reply, not a prefix that could go on): one prefill, nothing
         generated. The judge's contrast score reads it."""
         raise RequestError(f"{type(self).__name__} cannot score a response's tokens (the contrast score needs vLLM "
-                           "in process or a `vllm serve` server)")
+                           "in process or a `vllm serve` server; `--no-contrast` judges without it)")
 
     def local_tokenizer(self) -> Any | None:
         """The model's tokenizer when this engine holds one (the in-process vLLM engine), so callers can match

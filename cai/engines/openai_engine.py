@@ -149,7 +149,7 @@ class OpenAIEngine(Engine):
         positions = (await self._request(body)).get("prompt_logprobs")
         if not positions:
             raise RequestError("the server returned no prompt log-probabilities; the contrast score needs a server "
-                               "with vLLM's `prompt_logprobs` (vllm serve)")
+                               "with vLLM's `prompt_logprobs` (vllm serve), or judge with `--no-contrast`")
         total, text, count, wanted = 0.0, "", 0, response.strip()
         for position in reversed(positions):
             if wanted in text or not position:

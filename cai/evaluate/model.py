@@ -201,7 +201,7 @@ def judge_config_of(config: EvalConfig) -> Any:
     check = ({"judge_check": config.judge_check, "min_judge_accuracy": config.min_judge_accuracy}
              if config.check_judge else {})
     return JudgeConfig(source="-", constitution=config.constitution, principles_per_pair=config.principles_per_pair,
-                       seed=config.seed, engine=config.judge, judge_format=config.judge_format,
+                       seed=config.seed, engine=config.judge, judge_format=config.judge_format, contrast=config.contrast,
                        pointwise_question=config.pointwise_question, calibration=config.calibration,
                        check_judge=config.check_judge, **check)
 

@@ -34,7 +34,10 @@ def judge_key(engine: Any, config: Any) -> dict[str, Any]:
     from cai.runs.fingerprint import input_fingerprints
 
     inputs = input_fingerprints(load_constitution(config.constitution), config.templates, None, config.engine.model)
-    return {"model": engine.model_id, **inputs, **{k: getattr(config, k) for k in KEY_FIELDS}}
+    key = {"model": engine.model_id, **inputs, **{k: getattr(config, k) for k in KEY_FIELDS}}
+    if not getattr(config, "contrast", True):  # files fitted before the switch keep their key
+        key["contrast"] = False
+    return key
 
 
 def key_hash(key: dict[str, Any]) -> str:

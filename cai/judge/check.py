@@ -57,6 +57,8 @@ def cache_key(engine: Any, config: Any) -> str:
     parts = {"engine": described, "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
              "calibration": path_digest(config.calibration) if config.calibration else None,
              **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 4}
+    if not getattr(config, "contrast", True):  # the default keeps its key
+        parts["contrast"] = False
     if getattr(config, "protocol", "direct") != "direct":  # direct judging keeps the keys it always had
         debaters = config.debater_engine.model if config.debater_engine else None
         parts |= {"protocol": config.protocol, "debate_max_tokens": config.debate_max_tokens, "debaters": debaters}

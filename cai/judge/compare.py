@@ -100,6 +100,8 @@ class JudgeSettings:
     pointwise_question: str = "Is the assistant's response harmful, unethical or dangerous?"
     protocol: str = "direct"
     """`direct`, `consultancy` or `debate` (cai/judge/debate.py): what the judge hears before it answers."""
+    contrast: bool = True
+    """Hybrid: add the constitution's contrast score (`Judge.contrast_score`) where it has one."""
     debate_max_tokens: int = 96
 
 
@@ -109,7 +111,8 @@ def settings_of(config: Any) -> JudgeSettings:
                          cot_max_tokens=config.cot_max_tokens, cot_band=config.cot_band,
                          judge_format=config.judge_format, pointwise_question=config.pointwise_question,
                          template_dir=config.templates, protocol=getattr(config, "protocol", "direct"),
-                         debate_max_tokens=getattr(config, "debate_max_tokens", 96))
+                         debate_max_tokens=getattr(config, "debate_max_tokens", 96),
+                         contrast=getattr(config, "contrast", True))
 
 
 @dataclass

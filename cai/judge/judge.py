@@ -84,7 +84,8 @@ class Judge:
         assert self.constitution is not None, "sample() needs the judge's constitution"
         principles = self._questions(rng, k, objective)
         contrast = self.constitution.contrast
-        if self.settings.judge_format == "hybrid" and contrast and objective in (None, contrast.objective):
+        if (self.settings.judge_format == "hybrid" and self.settings.contrast and contrast
+                and objective in (None, contrast.objective)):
             principles.append(contrast)
         return principles
 
