@@ -165,7 +165,7 @@ def test_small_helpers_by_hand():
     assert logistic.log_odds(p, "AB") == 1.0 and logistic.log_odds(p, "BA") == 3.0
     assert mean_rule.log_odds(p, "AB") == pytest.approx(logit(0.7, 1e-6))
     with pytest.raises(ValueError):
-        logistic.raw_log_odds([1.0, 2.0])  # two features for three weights
+        logistic.raw_log_odds([1.0, 2.0])  # two features for four
     with pytest.raises(ValueError, match="unknown combination rule 'nope'"):
         Combiner(rule="nope").raw_log_odds([0.0, 0.0, 0.0])
     assert Combiner.from_dict({"rule": "logistic"}).calibration == Calibration()
