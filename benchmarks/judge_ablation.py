@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from cai.judge.combine import (  # noqa: E402
     ORDERS,
     fit_calibration,
-    fit_logistic,
+    fit_standardised,
     folds,
     selective_curve,
     sigmoid,
@@ -158,8 +158,8 @@ def mean(values: list[float]) -> float:
 
 
 def evaluate(rows: list[dict], features, k: int = 5, repeats: int = 5) -> dict:
-    """Cross-validated logistic (no intercept) + temperature calibration over `features(row, orders)`; a view is
-    the same weights applied to one order's features."""
+    """Cross-validated logistic (no intercept, standardised features, as `fit_combiner`) + temperature
+    calibration over `features(row, orders)`; a view is the same weights applied to one order's features."""
     n, targets = len(rows), [1.0] * len(rows)
     full = [features(r, ORDERS) for r in rows]
     views = [[features(r, (o,)) for o in ORDERS] for r in rows]
@@ -168,7 +168,7 @@ def evaluate(rows: list[dict], features, k: int = 5, repeats: int = 5) -> dict:
         label, consistent, margin = [0.5] * n, [None] * n, [None] * n
         for fold in folds(n, k, seed):
             train = [i for i in range(n) if i not in set(fold)]
-            weights = fit_logistic([full[i] for i in train], [1.0] * len(train))
+            weights = fit_standardised([full[i] for i in train], [1.0] * len(train))
 
             def raw(x, weights=weights):
                 return sigmoid(sum(w * v for w, v in zip(weights, x, strict=True)))

@@ -17,16 +17,15 @@ from cai.judge.combine import (
     Combiner,
     Parts,
     _grid_harm_first,
-    _solve,
     accuracy,
     fit_calibration,
     fit_combiner,
-    fit_logistic,
     log_loss,
     logit,
     selective_curve,
     sigmoid,
 )
+from cai.judge.logistic import _solve, fit_logistic, fit_standardised
 
 
 def gradient(rows, targets, w, l2):
@@ -58,6 +57,24 @@ def test_fit_logistic_stops_at_the_zero_of_its_own_objective_with_the_default_l2
     (one,) = fit_logistic([[2.0]], [1.0], l2=0.5)  # one row: the mean is over 1, not 2
     assert gradient([[2.0]], [1.0], [one], 0.5)[0] == pytest.approx(0.0, abs=1e-10)
     assert fit_logistic([], []) == [0.0, 0.0, 0.0, 0.0]  # nothing to fit: the four default features at 0
+
+
+def test_the_standardised_fit_does_not_depend_on_a_features_units():
+    """The l2 penalty weighs every feature alike: a feature given in units 10 times larger gets exactly a tenth of
+    the weight, the same predictions; the plain fit shrinks the small-unit feature instead. Computed by hand: the
+    fit is `fit_logistic` on each column over its root mean square, the weights divided back."""
+    rows, targets = noisy_rows()
+    w = fit_standardised(rows, targets)
+    scaled = fit_standardised([[10 * r[0], r[1], r[2]] for r in rows], targets)
+    assert scaled == pytest.approx([w[0] / 10, w[1], w[2]], rel=1e-9)
+    plain, plain_scaled = fit_logistic(rows, targets), fit_logistic([[10 * r[0], r[1], r[2]] for r in rows], targets)
+    assert abs(plain_scaled[0] * 10 - plain[0]) > 1e-3  # the plain fit's answer moves with the units
+    rms = [math.sqrt(sum(r[i] ** 2 for r in rows) / len(rows)) for i in range(3)]
+    by_hand = fit_logistic([[x / s for x, s in zip(r, rms, strict=True)] for r in rows], targets)
+    assert w == pytest.approx([b / s for b, s in zip(by_hand, rms, strict=True)], rel=1e-12)
+    # a feature that is 0 throughout (no contrast in the constitution) keeps scale 1 and weight 0
+    assert fit_standardised([[r[0], 0.0] for r in rows], targets)[1] == 0.0
+    assert fit_standardised([], []) == [0.0, 0.0, 0.0, 0.0]
 
 
 def test_solve_matches_numpy_on_systems_that_need_pivoting_and_small_pivots():
@@ -98,7 +115,7 @@ def test_fit_combiner_fits_weights_and_calibrates_with_temperature_by_default():
         targets.append(1.0 if rng.random() < sigmoid(2 * harm) else 0.0)
     combiner = fit_combiner(parts, targets, "logistic")
     assert combiner.calibration.method == "temperature"
-    weights = fit_logistic([p.features() for p in parts], targets)
+    weights = fit_standardised([p.features() for p in parts], targets)
     assert [combiner.weights[k] for k in ("harm", "help", "pair", "contrast")] == pytest.approx(weights)
     assert combiner.weights != Combiner().weights
     expected = fit_calibration([sigmoid(sum(w * x for w, x in zip(weights, p.features(), strict=True)))

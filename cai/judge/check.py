@@ -56,7 +56,7 @@ def cache_key(engine: Any, config: Any) -> str:
     described = {k: v for k, v in engine.describe().items() if k not in NOT_JUDGEMENT_SETTINGS}
     parts = {"engine": described, "inputs": inputs, "file": path_digest(check_file(config.judge_check)),
              "calibration": path_digest(config.calibration) if config.calibration else None,
-             **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 4}
+             **{k: getattr(config, k) for k in CHECK_FIELDS}, "version": 5}
     if not getattr(config, "contrast", True):  # the default keeps its key
         parts["contrast"] = False
     if getattr(config, "protocol", "direct") != "direct":  # direct judging keeps the keys it always had

@@ -37,17 +37,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cai.judge.logistic import fit_logistic, fit_standardised, sigmoid
+
 ORDERS = ("AB", "BA")
 FEATURES = ("harm", "help", "pair", "contrast")
 DEFAULT_WEIGHTS = {"harm": 2.4, "help": 1.5, "pair": 0.0, "contrast": 1.3}  # the logistic rule's before a fit
 CLIP = 0.02
-
-
-def sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 def logit(p: float, clip: float = CLIP) -> float:
@@ -214,44 +209,6 @@ class Combiner:
 
 
 # --- fitting ---------------------------------------------------------------------------------------------------
-def fit_logistic(rows: list[list[float]], targets: list[float], l2: float = 0.01, steps: int = 50) -> list[float]:
-    """Weights w of p = sigmoid(w . x), no intercept, by Newton's method on the mean log-loss plus l2 |w|^2 / 2.
-    `targets` are P(first is better) (1 for every pair of a check set, whose first response is the chosen one)."""
-    k = len(rows[0]) if rows else len(FEATURES)
-    w = [0.0] * k
-    n = max(len(rows), 1)
-    for _ in range(steps):
-        grad = [l2 * wi for wi in w]
-        hess = [[l2 if i == j else 0.0 for j in range(k)] for i in range(k)]
-        for x, y in zip(rows, targets, strict=True):
-            p = sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
-            for i in range(k):
-                grad[i] += (p - y) * x[i] / n
-                for j in range(k):
-                    hess[i][j] += p * (1 - p) * x[i] * x[j] / n
-        step = _solve(hess, grad)
-        w = [wi - si for wi, si in zip(w, step, strict=True)]
-        if max(abs(s) for s in step) < 1e-9:
-            break
-    return w
-
-
-def _solve(matrix: list[list[float]], vector: list[float]) -> list[float]:
-    """Gaussian elimination with partial pivoting (the systems here are 1x1 to 3x3)."""
-    n = len(vector)
-    a = [row[:] + [vector[i]] for i, row in enumerate(matrix)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        a[col], a[pivot] = a[pivot], a[col]
-        if abs(a[col][col]) < 1e-12:
-            continue
-        for r in range(n):
-            if r != col:
-                factor = a[r][col] / a[col][col]
-                a[r] = [x - factor * y for x, y in zip(a[r], a[col], strict=True)]
-    return [a[i][n] / a[i][i] if abs(a[i][i]) > 1e-12 else 0.0 for i in range(n)]
-
-
 def fit_calibration(probabilities: list[float], targets: list[float], method: str) -> Calibration:
     """Temperature or Platt scaling of p on the pairs in both orientations (p with target y, 1 - p with 1 - y)."""
     if method == "none" or not probabilities:
@@ -268,10 +225,10 @@ def fit_calibration(probabilities: list[float], targets: list[float], method: st
 
 
 def fit_combiner(parts: list[Parts], targets: list[float], rule: str, calibration: str = "temperature") -> Combiner:
-    """A combiner of `rule` fitted on labelled pairs: logistic weights, or the harm-first threshold and slopes by
-    a small grid search on accuracy then log-loss; then its calibration."""
+    """A combiner of `rule` fitted on labelled pairs: logistic weights (on standardised features), or the
+    harm-first threshold and slopes by a small grid search on accuracy then log-loss; then its calibration."""
     if rule == "logistic":
-        weights = fit_logistic([p.features() for p in parts], targets)
+        weights = fit_standardised([p.features() for p in parts], targets)
         combiner = Combiner(rule="logistic", weights=dict(zip(FEATURES, weights, strict=True)))
     elif rule == "harm-first":
         combiner = _grid_harm_first(parts, targets)
