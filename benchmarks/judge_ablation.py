@@ -232,6 +232,12 @@ def variants(asked: list[str], saved_rows: list[dict]) -> dict:
         out["plain questions + contrast (12 calls)"] = lambda r, orders: [
             mean([diff(r, "harmful", o) for o in orders]), mean([diff(r, "specific", o) for o in orders]), contrast(r)]
         out["contrast alone (4 calls)"] = lambda r, orders: [contrast(r)]
+        out["one answer order per question + contrast (12 calls)"] = lambda r, orders: one_order(r, orders) + [contrast(r)]
+
+        def plain_one_order(r, orders):  # pairwise's 8 calls: harm asked in one order, help in the other, + contrast
+            return [diff(r, "harmful", "AB") if "AB" in orders else 0.0,
+                    diff(r, "specific", "BA") if "BA" in orders else 0.0, contrast(r)]
+        out["plain questions one order each + contrast (8 calls)"] = plain_one_order
     if "harmful-shown2" in asked:
         out["second worked answers (shown, shown2)"] = grouped(["harmful-shown", "harmful-shown2"],
                                                                ["specific-shown", "specific-shown2"])

@@ -137,7 +137,7 @@ def test_the_reward_weights_each_principle_and_caches_by_content():
 def test_the_reward_uses_the_judges_fitted_combination_on_its_log_odds_scale():
     reward, _ = scripted_reward(rule="logistic")
     # parts against a neutral answer: harm -logit(0.2) = 1.3863, help -logit(0.6) = -0.4055; default weights
-    # harm 2.4, help 1.5 -> z = 2.4 x 1.3863 - 1.5 x 0.4055, the log-odds of sigmoid(z)
+    # harm 8.4, help 5.3 -> z = 8.4 x 1.3863 - 5.3 x 0.4055, the log-odds of sigmoid(z)
     from cai.judge.combine import DEFAULT_WEIGHTS, Calibration
 
     z = DEFAULT_WEIGHTS["harm"] * math.log(0.8 / 0.2) + DEFAULT_WEIGHTS["help"] * math.log(0.4 / 0.6)
@@ -150,7 +150,7 @@ def test_the_reward_uses_the_judges_fitted_combination_on_its_log_odds_scale():
 def test_the_reward_does_not_saturate_where_the_probability_does():
     """Clear answers scored as probabilities pile up at 0.99-0.999 (quickstart-grpo did), where a group's spread
     is lost to rounding; on the log-odds scale their differences stay whole."""
-    from cai.judge.combine import Calibration, sigmoid
+    from cai.judge.combine import DEFAULT_WEIGHTS, Calibration, sigmoid
 
     rewards = []
     for p_harm in (0.01, 0.003):
@@ -159,8 +159,9 @@ def test_the_reward_does_not_saturate_where_the_probability_does():
         reward.judge.combiner.calibration = Calibration("temperature", a=4.0)
         rewards.append(reward(["q"], ["a"])[0])
     assert sigmoid(rewards[0]) > 0.9999 and sigmoid(rewards[1]) > 0.9999
-    # the harm part moved by logit(0.01) - logit(0.003), times 2.4 (the default harm weight), times 4
-    assert rewards[1] - rewards[0] == pytest.approx(4 * 2.4 * (math.log(0.997 / 0.003) - math.log(0.99 / 0.01)))
+    # the harm part moved by logit(0.01) - logit(0.003), times the default harm weight, times 4
+    moved = math.log(0.997 / 0.003) - math.log(0.99 / 0.01)
+    assert rewards[1] - rewards[0] == pytest.approx(4 * DEFAULT_WEIGHTS["harm"] * moved)
 
 
 def test_zero_variance_is_judged_relative_to_the_rewards_scale():

@@ -76,7 +76,7 @@ def test_trls_grpo_trainer_trains_with_the_constitution_reward(engine, loop, tmp
     fresh = ConstitutionReward(judge_on(engine), loop=loop)  # no cache: cai scores the same completions again
     for call_prompts, completions, scores in reward.calls:
         assert fresh(call_prompts, completions) == pytest.approx(scores, abs=1e-6)
-    # log-odds under the default combination: |reward| <= (2.4 + 1.5) x logit(0.999) = 26.9
+    # log-odds under the default combination: |reward| <= (8.4 + 5.3) x logit(0.999) = 94.6
     assert all(abs(s) <= DEFAULT_BOUND for _, _, scores in reward.calls for s in scores)
     assert len({s for _, _, scores in reward.calls for s in scores}) > 1  # the judge told the completions apart
 

@@ -110,7 +110,9 @@ def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_ru
     assert manifest["pairs"]["total"] + manifest["pairs"]["identical_skipped"] == 4
     prefs = list(read_jsonl(tmp_path / "j" / "export" / "train.jsonl"))
     raw = list(read_jsonl(tmp_path / "j" / "export" / "raw.jsonl"))
-    assert len(raw) == 4 * len(records)  # 2 principles x 2 orders per pair
+    # 2 principles x 2 orders per pair, and the constitution's contrast (a score of each response) in both orders
+    assert len(raw) == 6 * len(records)
+    assert sum(row["principle_id"] == "contrast" for row in raw) == 2 * len(records)
     abstained = list(read_jsonl(tmp_path / "j" / "export" / "abstained.jsonl"))  # near 0.5: kept out of training
     assert len(prefs) + len(abstained) == sum(r["status"] == "ok" for r in records)
     assert all(row["abstain"] for row in abstained) and not any(row["abstain"] for row in prefs)
@@ -120,7 +122,7 @@ def test_judge_run_revision_vs_initial_exports_trl_preferences(small_generate_ru
         assert 0.5 <= row["p_chosen"] <= 1.0 and row["margin"] == pytest.approx(2 * row["p_chosen"] - 1)
         assert row["score_chosen"] + row["score_rejected"] == pytest.approx(1.0)
         assert {row["chosen_source"], row["rejected_source"]} == {"final", "initial"}
-        assert len(row["principle_ids"]) == 2 and row["judge_model"]
+        assert row["principle_ids"][-1] == "contrast" and len(row["principle_ids"]) == 3 and row["judge_model"]
     import datasets
 
     ds = datasets.load_from_disk(str(tmp_path / "j" / "export" / "dataset"))
@@ -136,12 +138,15 @@ def test_judge_run_with_objectives_labels_each_objective_and_each_responses_safe
     loop.run_until_complete(judge_run(config, engine=engine, progress=False))
     records = [r for r in read_jsonl(tmp_path / "o" / "records.jsonl") if r["status"] != "error"]
     assert records
-    objective_of = {p.id: p.objective for p in load_constitution("harmless").preference_principles}
+    constitution = load_constitution("harmless")
+    objective_of = {p.id: p.objective for p in [*constitution.preference_principles, constitution.contrast]}
     for record in records:
         assert list(record["objectives"]) == ["harmless", "helpful"]
         for name, label in record["objectives"].items():
-            assert len(label["principle_ids"]) == 2 and {objective_of[i] for i in label["principle_ids"]} == {name}
-        assert len(record["judgements"]) == 2 * 2 * 2  # objectives x principles x orders
+            # two questions each; the contrast joins the objective it measures (harmless), never the other
+            assert len(label["principle_ids"]) == 2 + (name == constitution.contrast.objective)
+            assert {objective_of[i] for i in label["principle_ids"]} == {name}
+        assert len(record["judgements"]) == 2 * 2 * 2 + 2  # objectives x principles x orders, + contrast x orders
         if record["status"] == "ok":  # p_first is the first objective's label
             assert record["p_first"] == pytest.approx(record["objectives"]["harmless"]["p_first"])
     # unsafe_first is P(Yes) to the harm question, the mean of both answer orders (re-asked here by hand)

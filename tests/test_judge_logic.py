@@ -227,8 +227,8 @@ def test_hybrid_parts_and_both_rules_by_hand():
     assert parts["harm"] == pytest.approx({"AB": 3.5835189, "BA": 3.5835189})
     assert parts["pair"] == pytest.approx({"AB": logit(0.7), "BA": logit(0.6)})  # 0.8473, 0.4055
     assert parts["help"] == {"AB": None, "BA": None}
-    # the default logistic rule (harm 2.4, help 1.5, pair 0, no contrast): sigmoid(2.4 x 3.5835) = sigmoid(8.6004)
-    assert label.p_first == pytest.approx(sigmoid(8.6004454)) and label.consistent is True and not label.abstain
+    # the default logistic rule (harm 8.4, help 5.3, pair 0, no contrast): sigmoid(8.4 x 3.5835) = sigmoid(30.1016)
+    assert label.p_first == pytest.approx(sigmoid(30.101559)) and label.consistent is True and not label.abstain
     # harm-first, threshold 1, slope 1: |3.58| decides -> sigmoid(ln(9 x 4)) = 36 / 37 = 0.97297
     first = Judge(HybridStandIn(), JudgeSettings(judge_format="hybrid"), combiner=Combiner(rule="harm-first"))
     assert asyncio.run(first.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, LESS]))[1].p_first == \

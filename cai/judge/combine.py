@@ -41,7 +41,7 @@ from cai.judge.logistic import fit_logistic, fit_standardised, sigmoid
 
 ORDERS = ("AB", "BA")
 FEATURES = ("harm", "help", "pair", "contrast")
-DEFAULT_WEIGHTS = {"harm": 2.4, "help": 1.5, "pair": 0.0, "contrast": 1.3}  # the logistic rule's before a fit
+DEFAULT_WEIGHTS = {"harm": 8.4, "help": 5.3, "pair": 0.0, "contrast": 11.4}  # the logistic rule's before a fit
 CLIP = 0.02
 
 
