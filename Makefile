@@ -5,7 +5,7 @@ setup:
 	@scripts/setup.sh
 
 # The main job on the embedded default model: critique/revision data, AI-judged preference pairs, SFT, soft-label
-# DPO, eval against the base and an HTML report, all under outputs/quickstart/ (8-13 minutes on 2 CPU cores; the embedded judge's check ships with cai).
+# DPO, eval against the base and an HTML report, all under outputs/quickstart/ (9-13 minutes on 2 CPU cores; the embedded judge's check ships with cai).
 quickstart: setup
 	.venv/bin/cai run recipes/quickstart.yaml
 
