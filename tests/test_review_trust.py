@@ -355,3 +355,15 @@ def test_simulation_ranks_only_valid_labels_and_reports_invalid_ones_apart(tmp_p
     assert result["invalid"] == 2 and result["pairs"] == 8
     assert result["ai_only"] == 1.0 and result["targeted"]["0.2"] == 1.0
     assert result["random_ci95"]["0.2"] == [1.0, 1.0]
+
+
+def test_the_contrast_is_not_a_principle_in_the_principles_spread():
+    # two yes/no questions agree at 0.9 in both orders; the contrast's p (a per-token likelihood difference through
+    # a sigmoid, near 0.5 by scale, not a judge's answer) must not read as a principle disagreeing with them: with
+    # it the spread would be min(1, 2 * std(0.9, 0.9, 0.52)) = 0.358
+    judgements = [{"principle_id": q, "order": o, "valid": True, "p_first": 0.9, "format": "pointwise"}
+                  for q in ("harmful", "specific") for o in ("AB", "BA")]
+    judgements += [{"principle_id": "contrast", "order": o, "valid": True, "p_first": 0.52, "format": "contrast"}
+                   for o in ("AB", "BA")]
+    assert review.principle_means(judgements) == [0.9, 0.9]
+    assert review.doubt_signals(0.9, 1.0, review.principle_means(judgements))["principles"] == 0.0

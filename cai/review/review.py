@@ -11,7 +11,8 @@ The ranking (RLTHF's idea: spend people where the AI label is doubtful). Each pa
 of the signals it has:
     margin       1 - 2 |p - 0.5|          the label itself is close to a coin flip
     position     1 - position consistency  its principles disagree with themselves across the two orders
-    principles   min(1, 2 std(p_k))        its principles disagree with each other (p_k: a principle's two-order mean)
+    principles   min(1, 2 std(p_k))        its principles disagree with each other (p_k: a principle's two-order mean;
+                                           the contrast is not one)
     reward model |sigma(r_first - r_second) - p|   with --reward-model: the reward model disagrees with the judge
 Pairs are queued most doubtful first; the reason names the signals above 0.5.
 """
@@ -33,10 +34,12 @@ SIGNALS = ("margin", "position", "principles", "reward_model")
 
 
 def principle_means(judgements: list[dict[str, Any]]) -> list[float]:
-    """Each principle's two-order mean p_first (principles with both orders valid only)."""
+    """Each principle's two-order mean p_first (principles with both orders valid only). The constitution's
+    contrast is left out: its p is a likelihood difference through a sigmoid, near 0.5 by its scale, not an
+    answer that could disagree with the questions."""
     by_principle: dict[str, dict[str, float]] = {}
     for j in judgements:
-        if j.get("valid"):
+        if j.get("valid") and j.get("format") != "contrast":
             by_principle.setdefault(j["principle_id"], {})[j["order"]] = j["p_first"]
     return [(v["AB"] + v["BA"]) / 2 for v in by_principle.values() if len(v) == 2]
 
