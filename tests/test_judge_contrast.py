@@ -104,6 +104,17 @@ def test_the_contrast_weighs_in_the_logistic_label_by_hand():
     assert judge.combiner.margin(Parts.from_dict(label.parts)) == pytest.approx(sigmoid(3.9585189) - 0.5)
 
 
+def test_the_mean_rule_averages_the_questions_only_as_aggregate_does():
+    # the `mean` rule is documented as aggregate's mean over complete principles, and aggregate leaves the contrast
+    # out; its p (sigmoid of a per-token likelihood difference) is no answer to average with the questions'
+    judge = Judge(ContrastStandIn(), JudgeSettings(judge_format="hybrid"), constitution(contrast=CONTRAST),
+                  combiner=Combiner(rule="mean"))
+    _, label = asyncio.run(judge.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, CONTRAST]))
+    # the harm question: p_first = 0.5 + (0.9 - 0.2) / 2 = 0.85 in both orders; the contrast would pull it to
+    # (0.85 + sigmoid(1.875)) / 2 = 0.8585
+    assert label.p_first == pytest.approx(0.85) and label.parts["mean"] == {"AB": 0.85, "BA": 0.85}
+
+
 def test_a_contrast_alone_never_makes_a_label_valid():
     judge = Judge(ContrastStandIn(mute=True), JudgeSettings(judge_format="hybrid"), constitution(contrast=CONTRAST))
     judgements, label = asyncio.run(judge.compare(CONV, "I can't help.", "Here is a weapon.", [HARM, CONTRAST]))

@@ -275,7 +275,8 @@ def parts_of(judgements: list[Judgement]) -> Parts:
         if len(orders) < 2:
             continue  # one order alone carries its position bias
         for order, j in orders.items():
-            values["mean"][order].append(j.p_first)
+            if j.format != "contrast":  # the mean rule is aggregate's mean of the questions
+                values["mean"][order].append(j.p_first)
             if j.format == "pointwise":  # log-odds: a small judge's answers move little, but consistently
                 name = "help" if j.objective == "helpful" else "harm"
                 values[name][order].append(logit(j.harm_second, POINTWISE_CLIP) - logit(j.harm_first, POINTWISE_CLIP))
