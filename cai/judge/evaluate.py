@@ -11,7 +11,9 @@ The report has, from those judgements:
   position consistency, Brier score and ECE, before and after calibration, all 5-fold cross-validated, per
   category; the rule chosen, the selective-accuracy curve (accuracy of the labels kept against the share kept,
   abstaining on position-inconsistent or near-0.5 labels) and the band chosen from it;
-- with `--calibration FILE`, that calibration's figures on these pairs (honest only when it was fitted elsewhere).
+- with `--calibration FILE`, that calibration's figures on these pairs (honest only when it was fitted elsewhere);
+- without it, `default_fit`: the judge exactly as `cai judge` labels by default (its combination and calibration
+  fitted on the default check pairs, cached or shipped), scored on the pairs of this file it was not fitted on.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ async def judge_pairs(judge: Judge, pairs: list, principles_per_pair: int, seed:
 
 
 async def evaluate_judge(engine: Engine, path: str, config: Any, combiner: Combiner | None = None,
-                         fit: bool = True, debaters: Engine | None = None) -> dict[str, Any]:
+                         fit: bool = True, debaters: Engine | None = None, seen: set[str] = frozenset(),
+                         ) -> dict[str, Any]:
     """A judge's quality on labelled pairs: the views of its raw judgements (single, swapped, ensembled), its
     cross-validated figures for every combination rule of its format (`fit`), per category, the selective-accuracy
-    curve and, when `combiner` is given (a calibration fitted elsewhere), that combiner's figures on these pairs."""
+    curve and, when `combiner` is given (a calibration fitted elsewhere), that combiner's figures on these pairs,
+    leaving out those whose content (`Pair.digest`) is in `seen`, the pairs it was fitted on."""
     from cai.judge.compare import settings_of
     from cai.judge.fit import fit_judge, held_out_metrics
 
@@ -80,7 +84,10 @@ async def evaluate_judge(engine: Engine, path: str, config: Any, combiner: Combi
         report["fit"] = {k: v for k, v in result.items() if k not in ("combiner", "predictions")}
         report["combiner"] = result["combiner"].to_dict()
     if combiner is not None:
-        report["given_calibration"] = held_out_metrics(combiner, parts, categories)
+        unseen = [n for n, i in enumerate(valid) if pairs[i].digest not in seen]
+        report["given_calibration"] = {
+            **held_out_metrics(combiner, [parts[n] for n in unseen], [categories[n] for n in unseen]),
+            "left_out_seen": len(valid) - len(unseen)}
     return report
 
 
@@ -103,7 +110,10 @@ async def evaluate_judge_file(config: JudgeConfig, out: str | None = None, fit_o
     try:
         debaters = create_engine(config.debater_engine) if config.debater_engine else None
         given = load_calibration(config.calibration, engine, config) if config.calibration else None
-        report = await evaluate_judge(engine, config.source, config, given, debaters=debaters)
+        default, seen, described = (None, frozenset(), {}) if given else default_fit(engine, config)
+        report = await evaluate_judge(engine, config.source, config, given or default, debaters=debaters, seen=seen)
+        if default is not None:
+            report["default_fit"] = {**report.pop("given_calibration"), **described}
         if config.protocol != "direct":  # the baseline, on the same pairs in the same run
             from cai.judge.metrics import compare_protocols
 
@@ -121,6 +131,22 @@ async def evaluate_judge_file(config: JudgeConfig, out: str | None = None, fit_o
             raise UsageError(f"{config.source}: fewer than 2 validly judged pairs; nothing to fit")
         write_calibration(Path(fit_out), report, engine, config)
     return report
+
+
+def default_fit(engine: Engine, config: Any) -> tuple[Combiner | None, frozenset[str], dict[str, Any]]:
+    """The combination `cai judge` labels with by default (fitted on the default check pairs, from this machine's
+    cache or shipped with cai; never measured here), the digests of the pairs it was fitted on, and where it came
+    from. (None, empty, {}) when this judge has no such check."""
+    from cai.judge.check_store import check_file, stored_default_check
+
+    stored = stored_default_check(engine, config)
+    if stored is None or not stored[0].get("combiner"):
+        return None, frozenset(), {}
+    quality, source = stored
+    check_pairs, _ = pairs_from_file(check_file(None), None)
+    described = {"fitted_on": f"{quality.get('pairs')} pairs of the default check ({source})",
+                 "rule": quality.get("rule")}
+    return Combiner.from_dict(quality["combiner"]), frozenset(p.digest for p in check_pairs), described
 
 
 def check_writable(target: Path) -> None:
@@ -161,6 +187,13 @@ def format_judge_report(report: dict[str, Any]) -> str:
     given = report.get("given_calibration")
     if given:
         lines.append("the given calibration on these pairs: " + ", ".join(f"{c} {fmt(given[c])}" for c in columns))
+    default = report.get("default_fit")
+    if default:
+        lines += ["", f"the default judge as `cai judge` labels (fitted on the {default['fitted_on']}), on the "
+                  f"{default['pairs']} pairs here it was not fitted on ({default['left_out_seen']} left out):",
+                  f"{'':<28}" + header, f"{'all':<28}" + "".join(f"{fmt(default[c]):>22}" for c in columns)]
+        for name, m in default["by_category"].items():
+            lines.append(f"  {name:<26}" + "".join(f"{fmt(m[c]):>22}" for c in columns))
     protocols = report.get("protocols")
     if protocols:
         lines += ["", f"{'protocol (same pairs)':<28}" + "".join(
