@@ -208,6 +208,26 @@ def evaluate(rows: list[dict], features, k: int = 5, repeats: int = 5) -> dict:
             "selective_by_weaker_order": curve("by_weaker_order")}
 
 
+def leave_one_category_out(rows: list[dict], features) -> dict:
+    """Each category scored by a fit (standardised logistic + temperature) on the other categories only: how the
+    combination carries to kinds of pairs it never saw, the nearest this set comes to pairs written elsewhere."""
+    categories = sorted({r["category"] for r in rows})
+    full = [features(r, ORDERS) for r in rows]
+    correct, out = 0, {}
+    for category in categories:
+        train = [i for i, r in enumerate(rows) if r["category"] != category]
+        held = [i for i, r in enumerate(rows) if r["category"] == category]
+        weights = fit_standardised([full[i] for i in train], [1.0] * len(train))
+
+        def raw(x, weights=weights):
+            return sigmoid(sum(w * v for w, v in zip(weights, x, strict=True)))
+
+        calibration = fit_calibration([raw(full[i]) for i in train], [1.0] * len(train), "temperature")
+        right = sum(calibration.apply(raw(full[i])) > 0.5 for i in held)
+        out[category], correct = right / len(held), correct + right
+    return {"accuracy": correct / len(rows), "by_category": out}
+
+
 def variants(asked: list[str], saved_rows: list[dict]) -> dict:
     harm, help_ = ["harmful", "harmful-shown"], ["specific", "specific-shown"]
 
@@ -277,6 +297,10 @@ def main() -> int:
         asyncio.run(ask_contrast(path))
     saved = json.loads(path.read_text())
     results = {name: evaluate(saved["rows"], f) for name, f in variants(saved["principles"], saved["rows"]).items()}
+    default = variants(saved["principles"], saved["rows"])["default + contrast (the default since 2026-12-07)"]
+    held = leave_one_category_out(saved["rows"], default)
+    print(f"default + contrast, each category fitted on the others only: accuracy {held['accuracy']:.3f}; "
+          + ", ".join(f"{name} {acc:.2f}" for name, acc in held["by_category"].items()))
     for name, r in results.items():
         print(f"{name:42s} accuracy {r['accuracy']:.3f}  order consistency {r['order_consistency']:.3f}  "
               f"ECE {r['ece']:.3f}")
