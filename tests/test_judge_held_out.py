@@ -87,3 +87,5 @@ def test_the_report_names_the_default_fit_and_what_it_left_out():
     text = format_judge_report(report)
     assert "fitted on the 148 pairs of the default check (shipped)), on the 2 pairs here" in text
     assert "(1 left out)" in text and "0.09-0.91" in text
+    everything_seen = {**figures, "pairs": 0, "accuracy": None, "ci95": None, "by_category": {}, "left_out_seen": 3}
+    assert "every pair here is among them" in format_judge_report({**report, "default_fit": everything_seen})

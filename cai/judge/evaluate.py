@@ -188,7 +188,10 @@ def format_judge_report(report: dict[str, Any]) -> str:
     if given:
         lines.append("the given calibration on these pairs: " + ", ".join(f"{c} {fmt(given[c])}" for c in columns))
     default = report.get("default_fit")
-    if default:
+    if default and not default["pairs"]:
+        lines += ["", f"the default judge as `cai judge` labels was fitted on the {default['fitted_on']}: every pair "
+                  "here is among them, so there is no held-out figure of it"]
+    elif default:
         lines += ["", f"the default judge as `cai judge` labels (fitted on the {default['fitted_on']}), on the "
                   f"{default['pairs']} pairs here it was not fitted on ({default['left_out_seen']} left out):",
                   f"{'':<28}" + header, f"{'all':<28}" + "".join(f"{fmt(default[c]):>22}" for c in columns)]
