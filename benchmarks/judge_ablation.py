@@ -171,6 +171,18 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def fitted(train: list[list[float]]):
+    """p(features) of a logistic rule fitted on `train` (no intercept, standardised, as `fit_combiner`; every pair
+    written chosen-first, so every target is 1) and temperature-calibrated on the same pairs."""
+    weights = fit_standardised(train, [1.0] * len(train))
+
+    def raw(x):
+        return sigmoid(sum(w * v for w, v in zip(weights, x, strict=True)))
+
+    calibration = fit_calibration([raw(x) for x in train], [1.0] * len(train), "temperature")
+    return lambda x: calibration.apply(raw(x))
+
+
 def evaluate(rows: list[dict], features, k: int = 5, repeats: int = 5) -> dict:
     """Cross-validated logistic (no intercept, standardised features, as `fit_combiner`) + temperature
     calibration over `features(row, orders)`; a view is the same weights applied to one order's features."""
@@ -181,16 +193,10 @@ def evaluate(rows: list[dict], features, k: int = 5, repeats: int = 5) -> dict:
     for seed in range(repeats):
         label, consistent, margin = [0.5] * n, [None] * n, [None] * n
         for fold in folds(n, k, seed):
-            train = [i for i in range(n) if i not in set(fold)]
-            weights = fit_standardised([full[i] for i in train], [1.0] * len(train))
-
-            def raw(x, weights=weights):
-                return sigmoid(sum(w * v for w, v in zip(weights, x, strict=True)))
-
-            calibration = fit_calibration([raw(full[i]) for i in train], [1.0] * len(train), "temperature")
+            predict = fitted([full[i] for i in range(n) if i not in set(fold)])
             for i in fold:
-                label[i] = calibration.apply(raw(full[i]))
-                sides = [calibration.apply(raw(v)) - 0.5 for v in views[i]]
+                label[i] = predict(full[i])
+                sides = [predict(v) - 0.5 for v in views[i]]
                 consistent[i] = (sides[0] > 0) == (sides[1] > 0)
                 margin[i] = min(abs(x) for x in sides) if consistent[i] else 0.0
         runs.append({"metrics": metrics(label, targets, consistent),
@@ -217,13 +223,8 @@ def leave_one_category_out(rows: list[dict], features) -> dict:
     for category in categories:
         train = [i for i, r in enumerate(rows) if r["category"] != category]
         held = [i for i, r in enumerate(rows) if r["category"] == category]
-        weights = fit_standardised([full[i] for i in train], [1.0] * len(train))
-
-        def raw(x, weights=weights):
-            return sigmoid(sum(w * v for w, v in zip(weights, x, strict=True)))
-
-        calibration = fit_calibration([raw(full[i]) for i in train], [1.0] * len(train), "temperature")
-        right = sum(calibration.apply(raw(full[i])) > 0.5 for i in held)
+        predict = fitted([full[i] for i in train])
+        right = sum(predict(full[i]) > 0.5 for i in held)
         out[category], correct = right / len(held), correct + right
     return {"accuracy": correct / len(rows), "by_category": out}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ async def judge_pairs(judge: Judge, pairs: list, principles_per_pair: int, seed:
 
 
 async def evaluate_judge(engine: Engine, path: str, config: Any, combiner: Combiner | None = None,
-                         fit: bool = True, debaters: Engine | None = None, seen: set[str] = frozenset(),
+                         fit: bool = True, debaters: Engine | None = None, seen: Collection[str] = frozenset(),
                          ) -> dict[str, Any]:
     """A judge's quality on labelled pairs: the views of its raw judgements (single, swapped, ensembled), its
     cross-validated figures for every combination rule of its format (`fit`), per category, the selective-accuracy
